@@ -1,0 +1,260 @@
+"""Check the hand-written layers in mnist_dissected.manual against PyTorch and autograd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import gradcheck
+from torch.testing import assert_close
+
+from mnist_dissected import manual as M
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def autograd_grads(fn: Any, *inputs: Tensor, grad_out: Tensor | None = None) -> list[Tensor]:
+    """Gradients of ``(fn(*inputs) * grad_out).sum()`` w.r.t. inputs, computed by autograd."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*leaves)
+    out.backward(torch.ones_like(out) if grad_out is None else grad_out)
+    return [t.grad for t in leaves if t.requires_grad]
+
+
+class Pair(torch.autograd.Function):
+    """Make a forward/backward pair from manual.py into an autograd Function, so that
+    gradcheck tests *our* backward against finite differences."""
+
+    @staticmethod
+    def forward(ctx: Any, fwd: Any, bwd: Any, *inputs: Any) -> Tensor:
+        out, ctx.cache = fwd(*inputs)
+        ctx.bwd, ctx.n_inputs = bwd, len(inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Any, ...]:
+        grads = ctx.bwd(grad_out, ctx.cache)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        grads = grads + (None,) * (ctx.n_inputs - len(grads))  # no gradient for target, k, ...
+        return (None, None, *grads)
+
+
+def f64(*shape: int) -> Tensor:
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+# --- linear -----------------------------------------------------------------------------
+
+
+def test_linear_matches_torch() -> None:
+    x, w, b = torch.randn(4, 6), torch.randn(3, 6), torch.randn(3)
+    out, cache = M.linear_forward(x, w, b)
+    assert_close(out, F.linear(x, w, b))
+    g = torch.randn_like(out)
+    refs = autograd_grads(F.linear, x, w, b, grad_out=g)
+    for mine, ref in zip(M.linear_backward(g, cache), refs, strict=True):
+        assert_close(mine, ref)
+
+
+def test_linear_gradcheck() -> None:
+    assert gradcheck(
+        lambda x, w, b: Pair.apply(M.linear_forward, M.linear_backward, x, w, b),
+        (f64(3, 4), f64(2, 4), f64(2)),
+    )
+
+
+# --- relu -------------------------------------------------------------------------------
+
+
+def test_relu_matches_torch() -> None:
+    x = torch.randn(5, 7)
+    x[0, :3] = 0.0  # at exactly 0 PyTorch's gradient is 0
+    out, cache = M.relu_forward(x)
+    assert_close(out, F.relu(x))
+    g = torch.randn_like(x)
+    assert_close(M.relu_backward(g, cache), autograd_grads(F.relu, x, grad_out=g)[0])
+    assert_close(M.relu(x), F.relu(x))
+    assert_close(autograd_grads(M.relu, x, grad_out=g)[0], autograd_grads(F.relu, x, grad_out=g)[0])
+
+
+def test_relu_gradcheck() -> None:
+    x = f64(4, 5)
+    assert gradcheck(M.ReLUFunction.apply, (x,))
+    assert gradcheck(lambda t: Pair.apply(M.relu_forward, M.relu_backward, t), (x,))
+
+
+# --- max pooling ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 2, 7, 9)])  # odd sizes: floor, like PyTorch
+def test_maxpool_matches_torch(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape)
+    out, cache = M.maxpool2d_forward(x, 2)
+    assert_close(out, F.max_pool2d(x, 2))
+    g = torch.randn_like(out)
+    ref = autograd_grads(lambda t: F.max_pool2d(t, 2), x, grad_out=g)[0]
+    assert_close(M.maxpool2d_backward(g, cache), ref)
+
+
+def test_maxpool_ties_like_pytorch() -> None:
+    # Small integers give many ties, and an all-zero channel (as dropout2d makes) is all ties.
+    # PyTorch gives the whole gradient to the first max of each window.
+    x = torch.randint(0, 3, (2, 3, 8, 8)).float()
+    x[0, 1] = 0.0
+    out, cache = M.maxpool2d_forward(x, 2)
+    g = torch.randn_like(out)
+    ref = autograd_grads(lambda t: F.max_pool2d(t, 2), x, grad_out=g)[0]
+    mine = M.maxpool2d_backward(g, cache)
+    assert_close(mine, ref)
+    assert (mine[0, 1].reshape(4, 2, 4, 2)[:, 1, :, :] == 0).all()  # bottom row of windows
+    assert_close(mine[0, 1, ::2, ::2], g[0, 1])  # all to the top-left element
+
+
+def test_maxpool_gradcheck() -> None:
+    x = f64(2, 2, 6, 6)  # random values: no ties, so the gradient is well defined
+    assert gradcheck(lambda t: Pair.apply(M.maxpool2d_forward, M.maxpool2d_backward, t, 2), (x,))
+
+
+# --- convolution ------------------------------------------------------------------------
+
+
+def test_conv2d_matches_torch() -> None:
+    x, w, b = torch.randn(3, 4, 10, 9), torch.randn(5, 4, 5, 5), torch.randn(5)
+    out, cache = M.conv2d_forward(x, w, b)
+    assert_close(out, F.conv2d(x, w, b), rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(out)
+    refs = autograd_grads(F.conv2d, x, w, b, grad_out=g)
+    for mine, ref in zip(M.conv2d_backward(g, cache), refs, strict=True):
+        assert_close(mine, ref, rtol=1e-4, atol=1e-4)
+    # the other way to get grad_x, described in the docstring
+    assert_close(F.conv_transpose2d(g, w), refs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_gradcheck() -> None:
+    assert gradcheck(
+        lambda x, w, b: Pair.apply(M.conv2d_forward, M.conv2d_backward, x, w, b),
+        (f64(2, 2, 6, 5), f64(3, 2, 3, 3), f64(3)),
+    )
+
+
+# --- dropout, flatten ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask_shape", [(4, 6, 1, 1), (4, 6, 3, 3)])  # Dropout2d vs element
+def test_dropout_matches_masked_multiply(mask_shape: tuple[int, ...]) -> None:
+    p = 0.5
+    x, mask = torch.randn(4, 6, 3, 3), M.make_dropout_mask(mask_shape, p)
+    assert 0 < mask.sum() < mask.numel() and set(mask.unique().tolist()) <= {0.0, 1.0}
+    out, cache = M.dropout_forward(x, mask, p)
+    assert_close(out, x * mask * 2)
+    if mask_shape[-1] == 1:  # a Dropout2d mask drops whole channels
+        dropped = mask.reshape(4, 6) == 0
+        assert (out[dropped] == 0).all() and (out[~dropped] != 0).all()
+    g = torch.randn_like(out)
+    ref = autograd_grads(lambda t: t * mask / (1 - p), x, grad_out=g)[0]
+    assert_close(M.dropout_backward(g, cache), ref)
+    assert gradcheck(
+        lambda t: Pair.apply(M.dropout_forward, M.dropout_backward, t, mask.double(), p),
+        (f64(4, 6, 3, 3),),
+    )
+
+
+def test_flatten_round_trip() -> None:
+    x = torch.randn(2, 20, 4, 4)
+    out, cache = M.flatten_forward(x)
+    assert_close(out, x.view(-1, 320))
+    assert_close(M.flatten_backward(out, cache), x)
+
+
+# --- log_softmax + nll_loss ---------------------------------------------------------------
+
+
+def test_log_softmax_nll_matches_torch() -> None:
+    logits, target = torch.randn(6, 10) * 3, torch.randint(0, 10, (6,))
+    loss, cache = M.log_softmax_nll_forward(logits, target)
+    assert_close(cache[0], F.log_softmax(logits, dim=1))
+    assert_close(loss, F.nll_loss(F.log_softmax(logits, dim=1), target))
+    ref = autograd_grads(lambda z: F.nll_loss(F.log_softmax(z, dim=1), target), logits)[0]
+    assert_close(M.log_softmax_nll_backward(1.0, cache), ref)
+    assert_close(M.log_softmax_nll_backward(torch.tensor(2.5), cache), 2.5 * ref)
+
+
+def test_log_softmax_nll_gradcheck() -> None:
+    target = torch.randint(0, 5, (4,))
+    fwd, bwd = M.log_softmax_nll_forward, M.log_softmax_nll_backward
+    assert gradcheck(lambda z: Pair.apply(fwd, bwd, z, target), (f64(4, 5),))
+
+
+# --- the whole Net ------------------------------------------------------------------------
+
+
+class Net(nn.Module):
+    """The classic PyTorch MNIST Net, with an option to use fixed dropout masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = nn.Dropout2d()
+        self.fc1 = nn.Linear(320, 50)
+        self.fc2 = nn.Linear(50, 10)
+
+    def forward(self, x: Tensor, masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = self.conv2(x)
+        x = self.conv2_drop(x) if masks is None else x * masks[0] / 0.5
+        x = F.relu(F.max_pool2d(x, 2))
+        x = x.view(-1, 320)
+        x = F.relu(self.fc1(x))
+        x = F.dropout(x, training=self.training) if masks is None else x * masks[1] / 0.5
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+@pytest.mark.parametrize("mode", ["eval", "fixed_masks", "digit_like"])
+def test_net_gradients_match_autograd(mode: str) -> None:
+    net = Net()
+    x, target = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    if mode == "digit_like":  # flat background, as in normalized MNIST: max-pool ties in conv1
+        x[:, :, :8], x[:, :, -8:], x[..., :8], x[..., -8:] = -0.4242, -0.4242, -0.4242, -0.4242
+    masks = None if mode == "eval" else M.make_net_masks(8)
+    if masks is None:
+        net.eval()
+
+    loss_ref = F.nll_loss(net(x, masks), target)
+    loss_ref.backward()
+    loss, grads = M.net_manual_gradients(net, x, target, masks)
+
+    assert_close(loss, loss_ref.detach())
+    assert list(grads) == [name for name, _ in net.named_parameters()]
+    for name, param in net.named_parameters():
+        assert grads[name].shape == param.shape
+        assert grads[name].abs().sum() > 0, name
+        assert_close(
+            grads[name], param.grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    log_probs, _, _ = M.net_forward(params, x, target, masks)
+    assert_close(log_probs, net(x, masks).detach(), rtol=1e-4, atol=1e-5)
+
+
+# --- finite differences ---------------------------------------------------------------------
+
+
+def test_numerical_gradient_matches_autograd() -> None:
+    net = Net().double().eval()
+    x, target = torch.randn(4, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (4,))
+    F.nll_loss(net(x), target).backward()
+    weight = net.fc1.weight
+    index = (3, 17)
+    before = weight.detach().clone()
+    num = M.numerical_gradient(lambda: F.nll_loss(net(x), target), weight, index, eps=1e-6)
+    assert_close(torch.tensor(num, dtype=torch.float64), weight.grad[index], rtol=1e-5, atol=1e-8)
+    assert torch.equal(weight.detach(), before)  # the weight is put back
+    assert weight.grad[index].abs() > 1e-6  # a zero gradient would make this test weak
