@@ -46,6 +46,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -69,9 +72,15 @@ def save_checkpoint(
         "epochs": len(history) if history is not None else None,
         "history": history,
         "seed": seed,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     return atomic_save(payload, path)
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The one line of torch's long weights_only message that says what was refused."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0][:200])
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -86,8 +95,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"refused to load {path}: it holds Python objects other than tensors and plain "
             "data, which could run code when unpickled (torch.load(..., weights_only=True) "
             "blocked it). Only load such a file with weights_only=False if you made it "
-            f"yourself or fully trust its source. Details: {str(e).splitlines()[0]}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+            f"yourself or fully trust its source. ({_unpickler_reason(e)})") from e
+    except Exception as e:  # zip, pickle and storage readers fail in many ways on bad bytes
         raise CheckpointError(
             f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'no details'}); save it again") from e

@@ -329,6 +329,37 @@ def net_manual_gradients(
     return loss, net_backward(caches)
 
 
+# --- a hand-written pair inside autograd (for checking with gradcheck) -----------------------
+
+
+class PairFunction(torch.autograd.Function):
+    """Run a forward/backward pair of this module inside autograd.
+
+    ``PairFunction.apply(forward, backward, *inputs)`` calls ``forward(*inputs)``; on the way
+    back, autograd calls our ``backward`` in place of its own. ``torch.autograd.gradcheck`` can
+    then test the hand-written backward against finite differences. The inputs after the
+    ones ``backward`` returns gradients for (a target, a mask, a kernel size) get ``None``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, forward: Callable, backward: Callable, *inputs: Any) -> Tensor:
+        out, ctx.cache = forward(*inputs)
+        ctx.backward_fn, ctx.n_inputs = backward, len(inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        grads = ctx.backward_fn(grad_out, ctx.cache)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        no_grads = (None,) * (ctx.n_inputs - len(grads))
+        return (None, None, *grads, *no_grads)  # None for forward and backward themselves
+
+
+def as_autograd(forward: Callable, backward: Callable) -> Callable[..., Tensor]:
+    """One function that autograd differentiates with ``backward``: ``f(*inputs) -> out``."""
+    return lambda *inputs: PairFunction.apply(forward, backward, *inputs)
+
+
 # --- finite differences (for checking only) ---------------------------------------------------
 
 

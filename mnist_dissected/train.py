@@ -165,7 +165,7 @@ def test_line(loss: float, accuracy: float, n: int) -> str:
     """The example's summary line for the test set."""
     correct = round(accuracy * n)
     return (f"Test set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} "
-            f"({100.0 * correct / n:.0f}%)")
+            f"({100.0 * correct / n:.2f}%)")
 
 
 def fit(

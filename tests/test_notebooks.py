@@ -1,0 +1,120 @@
+"""What every notebook has (../shared/NOTEBOOKS.md), checked without running a kernel.
+
+nbval re-executes the notebooks; these tests check their shape: title, Colab badge and set-up
+cell agreeing with the one repository URL, the "where you are" list, numbered sections,
+exercises whose solutions are executed, and committed outputs from one top-to-bottom run.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]_*.ipynb"))
+PARTS = {
+    1: ("1_mnist_load", "Loading the data"),
+    2: ("2_mnist_model", "Model components and the forward pass"),
+    3: ("3_mnist_backprop", "Autograd and backpropagation"),
+    4: ("4_mnist_train", "Training"),
+    5: ("5_mnist_visualize", "Visualizing the results"),
+}
+
+
+def repo_url() -> str:
+    """The one place the repository URL is defined: pyproject.toml's [project.urls]."""
+    text = (ROOT / "pyproject.toml").read_text()
+    return re.search(r'^Repository = "(.+)"$', text, re.M).group(1)
+
+
+def colab_url(stem: str) -> str:
+    path = repo_url().removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{path}/blob/main/notebooks/{stem}.ipynb"
+
+
+def setup_cell_source() -> str:
+    return (
+        "# Set-up: in Google Colab, install the helper package; anywhere else this cell does "
+        "nothing.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        "    import subprocess\n"
+        "\n"
+        f'    REPO_URL = "{repo_url()}"\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPO_URL}"], '
+        "check=True)"
+    )
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_all_five_parts_exist():
+    assert [p.stem for p in NOTEBOOKS] == [stem for stem, _ in PARTS.values()]
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def notebook(request):
+    return request.param, load(request.param)
+
+
+def test_title_badge_and_where_you_are(notebook):
+    path, nb = notebook
+    n = int(path.stem[0])
+    first = source(nb["cells"][0])
+    assert first.startswith(f"# Part {n}: "), "first cell must be the title '# Part N: ...'"
+    assert f"({colab_url(path.stem)})" in first, "Colab badge must point at this notebook"
+    for k, (stem, title) in PARTS.items():
+        link = f"[Part {k}: {title}]({stem}.ipynb)"
+        assert link in first, f"'where you are' list lacks {link}"
+    assert "(you are here)" in first
+
+
+def test_first_code_cell_is_the_colab_setup(notebook):
+    _, nb = notebook
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert source(code[0]) == setup_cell_source()
+
+
+def test_sections_are_numbered_in_order(notebook):
+    path, nb = notebook
+    n = int(path.stem[0])
+    headings = [line for c in nb["cells"] if c["cell_type"] == "markdown"
+                for line in source(c).splitlines() if line.startswith("## ")]
+    numbered = [int(m.group(1)) for h in headings if (m := re.match(rf"## {n}\.(\d+) ", h))]
+    assert len(numbered) >= 3, "sections are numbered N.1, N.2, ..."
+    assert numbered == list(range(1, len(numbered) + 1))
+    assert "## Summary" in headings and "## Exercises" in headings
+
+
+def test_every_solution_is_executed(notebook):
+    """A solution shown in <details> must also run (and assert) in a code cell, so it can't rot."""
+    _, nb = notebook
+    markdown = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
+    solutions = [block for details in re.findall(r"<details>(.*?)</details>", markdown, re.S)
+                 for block in re.findall(r"```python\n(.*?)```", details, re.S)]
+    assert len(solutions) >= 3, "3-5 exercises, each with a worked solution"
+    for block in solutions:
+        assert block.strip() in code, f"solution not executed in any code cell:\n{block}"
+
+
+def test_committed_executed_top_to_bottom(notebook):
+    _, nb = notebook
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    counts = [c["execution_count"] for c in nb["cells"]
+              if c["cell_type"] == "code" and source(c).strip()]
+    assert counts == list(range(1, len(counts) + 1)), "run the notebook top to bottom, then commit"
+
+
+def test_readme_badges_agree():
+    readme = (ROOT / "README.md").read_text()
+    for stem, _ in PARTS.values():
+        assert f"({colab_url(stem)})" in readme

@@ -1,0 +1,126 @@
+"""The training loop, its recipes, devices and reproducibility (on a small slice of MNIST)."""
+
+import pytest
+import torch
+
+from mnist_dissected import train as T
+from mnist_dissected.data import TensorBatches, load_mnist, make_loader, mnist_transform
+from mnist_dissected.models import LeNet, Net
+
+
+@pytest.fixture(scope="module")
+def small():
+    """2,048 training and 1,000 test images as tensors, with the same in a DataLoader."""
+    train = load_mnist(train=True, transform=mnist_transform())
+    test = load_mnist(train=False, transform=mnist_transform())
+    for ds, n in [(train, 2048), (test, 1000)]:
+        ds.data, ds.targets = ds.data[:n], ds.targets[:n]
+    return train, test
+
+
+def run(small, recipe, seed=1, channels_last=False):
+    T.seed_everything(seed)
+    recipe = T.get_recipe(recipe, epochs=1)
+    model = Net(dropout=recipe.dropout)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batches = TensorBatches.from_dataset(small[0], batch_size=recipe.batch_size, shuffle=True,
+                                         seed=seed, channels_last=channels_last)
+    tests = TensorBatches.from_dataset(small[1], batch_size=500)
+    opt, sched = T.make_optimizer(model, recipe, len(batches))
+    history = T.fit(model, batches, tests, opt, sched, epochs=1, progress=False, verbose=False)
+    return model, history
+
+
+@pytest.mark.parametrize("recipe, channels_last", [("classic", False), ("fast", True)])
+def test_same_seed_gives_bitwise_identical_weights(small, recipe, channels_last):
+    a, ha = run(small, recipe, channels_last=channels_last)
+    b, hb = run(small, recipe, channels_last=channels_last)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert ha[0]["step_losses"] == hb[0]["step_losses"]
+    c, _ = run(small, recipe, seed=2, channels_last=channels_last)
+    assert not torch.equal(a.fc2.weight, c.fc2.weight), "another seed, another run"
+
+
+def test_history_records_what_happened(small):
+    model, history = run(small, "classic")
+    (record,) = history
+    assert record["epoch"] == 1 and len(record["step_losses"]) == 2048 // 64
+    assert record["train_loss"] == pytest.approx(sum(record["step_losses"]) / 32)
+    assert record["seconds"] > 0
+    loss, acc = T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
+    assert (loss, acc) == (record["test_loss"], record["test_accuracy"])
+    assert record["step_losses"][-1] < record["step_losses"][0], "it learns"
+
+
+def test_evaluate_counts_right_answers_and_averages_the_loss():
+    class Fixed(torch.nn.Module):
+        log_probs = True
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return torch.log_softmax(x, dim=1)
+
+    x = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [0.0, 0.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    loss, acc = T.evaluate(Fixed(), [(x[:2], y[:2]), (x[2:], y[2:])])
+    expected = torch.nn.functional.nll_loss(torch.log_softmax(x, 1), y).item()
+    assert acc == 0.75  # the tie in the last row goes to class 0, as argmax does
+    assert loss == pytest.approx(expected)
+
+
+def test_evaluate_uses_eval_mode_and_no_graph(small):
+    model = Net().train()
+    T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
+    assert not model.training
+
+
+def test_train_epoch_logs_like_the_example(small, capsys):
+    T.seed_everything(0)
+    model = Net()
+    loader = make_loader(small[0], batch_size=64, shuffle=True, seed=0)
+    opt, _ = T.make_optimizer(model, T.RECIPES["classic"], len(loader))
+    losses = T.train_epoch(model, loader, opt, log_interval=10, progress=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(losses) == 32 and len(lines) == 4
+    assert lines[1].startswith("Train Epoch: 1 [640/2048 (31%)]\tLoss: ")
+
+
+def test_test_line_is_the_examples():
+    assert T.test_line(0.02281, 0.9926, 10_000) == \
+        "Test set: Average loss: 0.0228, Accuracy: 9926/10000 (99.26%)"
+
+
+def test_recipes():
+    classic, fast = T.RECIPES["classic"], T.RECIPES["fast"]
+    assert (classic.optimizer, classic.lr, classic.momentum, classic.batch_size) == \
+        ("sgd", 0.01, 0.5, 64)
+    assert classic.dropout == 0.5 and classic.data_path == "loader"
+    assert fast.epochs <= 3 and fast.data_path == "tensors"
+    assert T.get_recipe("classic", lr=0.1, epochs=None).lr == 0.1
+    with pytest.raises(ValueError, match="unknown recipe"):
+        T.get_recipe("slow")
+    opt, sched = T.make_optimizer(Net(), fast, steps_per_epoch=10)
+    assert isinstance(opt, torch.optim.Adam) and sched.total_steps == 30
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.delenv(T.DEVICE_ENV_VAR, raising=False)
+    expected = "cuda" if torch.cuda.is_available() else \
+        "mps" if torch.backends.mps.is_available() else "cpu"
+    assert T.pick_device().type == expected
+    assert T.pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv(T.DEVICE_ENV_VAR, "cpu")
+    assert T.pick_device() == torch.device("cpu")
+
+
+def test_lenet_batches_are_padded(small):
+    recipe = T.get_recipe("fast")
+    train, _ = T.make_batches(recipe, "lenet")
+    x, _ = next(iter(train))
+    assert x.shape[1:] == (1, 32, 32)
+    assert LeNet()(x[:2]).shape == (2, 10)
