@@ -1,0 +1,73 @@
+"""The set-up files agree: pip's pyproject.toml and conda's environment.yml, the README's two
+commands, the Makefile and CI."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> PyPI name
+CONDA_ONLY = {"python", "pip"}
+
+
+def pyproject_requirements() -> dict[str, str]:
+    """name -> floor, from [project] dependencies and every optional-dependencies list."""
+    text = (ROOT / "pyproject.toml").read_text()
+    found = re.findall(r'^\s+"([A-Za-z0-9_.-]+)([<>=!~][^"]*)?",?$', text, re.M)
+    return {name.lower(): spec for name, spec in found}
+
+
+def conda_requirements() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    result = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            assert dep["pip"] == ["--editable ."], "conda installs the package itself with pip"
+            continue
+        name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", dep).groups()
+        if name not in CONDA_ONLY:
+            result[CONDA_NAMES.get(name, name).lower()] = spec
+    return result
+
+
+def test_pip_and_conda_list_the_same_packages_with_the_same_floors():
+    pip, conda = pyproject_requirements(), conda_requirements()
+    assert {"torch", "torchvision", "matplotlib", "tqdm", "pytest", "nbval"} <= set(pip)
+    assert pip == conda
+
+
+def test_requirements_are_floors_only():
+    for name, spec in pyproject_requirements().items():
+        assert spec.startswith(">="), f"{name}: use a floor (>=), not {spec!r}"
+        assert "," not in spec and "<" not in spec, f"{name}: no upper bound"
+
+
+def test_readme_quick_start_has_exactly_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", quick, re.S)
+    commands = [line for b in blocks for line in b.splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert commands == ["make lab", "make test"]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)
+
+
+def test_makefile_creates_the_venv_and_runs_lint_and_pytest():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m venv" in makefile and "--editable '.[lab,test]'" in makefile
+    test_target = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check ." in test_target and "-m pytest" in test_target
+
+
+def test_pytest_runs_notebooks_in_strict_nbval_mode():
+    text = (ROOT / "pyproject.toml").read_text()
+    addopts = re.search(r"^addopts = \"(.*)\"$", text, re.M).group(1).split()
+    assert "--nbval" in addopts and "--nbval-lax" not in addopts
+    assert "--nbval-current-env" in addopts
+    assert any(a.startswith("--nbval-sanitize-with=") for a in addopts)
+    assert re.search(r'^testpaths = \["tests", "notebooks"\]$', text, re.M)
