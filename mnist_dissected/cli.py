@@ -14,37 +14,25 @@ from .models import MODELS
 from .train import RECIPES
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a usage error otherwise, not a traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def checked_number(convert, ok, requirement: str):
+    """An argparse type: ``convert`` the text, then require ``ok(value)``; a bad value is a
+    usage error that says why, not a traceback."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def momentum_value(text: str) -> float:
-    """argparse type: a momentum in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_int = checked_number(int, lambda v: v >= 1, "must be at least 1")
+positive_float = checked_number(float, lambda v: 0 < v < float("inf"), "must be a positive number")
+momentum_value = checked_number(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

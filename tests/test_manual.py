@@ -27,26 +27,24 @@ def autograd_grads(fn: Any, *inputs: Tensor, grad_out: Tensor | None = None) -> 
     return [t.grad for t in leaves if t.requires_grad]
 
 
-class Pair(torch.autograd.Function):
-    """Make a forward/backward pair from manual.py into an autograd Function, so that
-    gradcheck tests *our* backward against finite differences."""
-
-    @staticmethod
-    def forward(ctx: Any, fwd: Any, bwd: Any, *inputs: Any) -> Tensor:
-        out, ctx.cache = fwd(*inputs)
-        ctx.bwd, ctx.n_inputs = bwd, len(inputs)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Any, ...]:
-        grads = ctx.bwd(grad_out, ctx.cache)
-        grads = grads if isinstance(grads, tuple) else (grads,)
-        grads = grads + (None,) * (ctx.n_inputs - len(grads))  # no gradient for target, k, ...
-        return (None, None, *grads)
-
-
 def f64(*shape: int) -> Tensor:
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+def test_as_autograd_uses_our_backward() -> None:
+    # The pair's backward is what autograd runs: a wrong one gives wrong gradients, and
+    # gradcheck notices. So the gradchecks below test manual.py, not PyTorch.
+    def wrong_backward(grad_out: Tensor, cache: Any) -> Tensor:
+        return grad_out  # forgets the mask
+
+    x = f64(3, 4)
+    relu_ok = M.as_autograd(M.relu_forward, M.relu_backward)
+    relu_bad = M.as_autograd(M.relu_forward, wrong_backward)
+    assert_close(relu_ok(x), F.relu(x))
+    relu_bad(x).sum().backward()
+    assert_close(x.grad, torch.ones_like(x))
+    assert gradcheck(relu_ok, (x,))
+    assert not gradcheck(relu_bad, (x,), raise_exception=False)
 
 
 # --- linear -----------------------------------------------------------------------------
@@ -63,10 +61,8 @@ def test_linear_matches_torch() -> None:
 
 
 def test_linear_gradcheck() -> None:
-    assert gradcheck(
-        lambda x, w, b: Pair.apply(M.linear_forward, M.linear_backward, x, w, b),
-        (f64(3, 4), f64(2, 4), f64(2)),
-    )
+    linear = M.as_autograd(M.linear_forward, M.linear_backward)
+    assert gradcheck(linear, (f64(3, 4), f64(2, 4), f64(2)))
 
 
 # --- relu -------------------------------------------------------------------------------
@@ -86,7 +82,7 @@ def test_relu_matches_torch() -> None:
 def test_relu_gradcheck() -> None:
     x = f64(4, 5)
     assert gradcheck(M.ReLUFunction.apply, (x,))
-    assert gradcheck(lambda t: Pair.apply(M.relu_forward, M.relu_backward, t), (x,))
+    assert gradcheck(M.as_autograd(M.relu_forward, M.relu_backward), (x,))
 
 
 # --- max pooling ------------------------------------------------------------------------
@@ -118,7 +114,8 @@ def test_maxpool_ties_like_pytorch() -> None:
 
 def test_maxpool_gradcheck() -> None:
     x = f64(2, 2, 6, 6)  # random values: no ties, so the gradient is well defined
-    assert gradcheck(lambda t: Pair.apply(M.maxpool2d_forward, M.maxpool2d_backward, t, 2), (x,))
+    pool = M.as_autograd(M.maxpool2d_forward, M.maxpool2d_backward)
+    assert gradcheck(lambda t: pool(t, 2), (x,))
 
 
 # --- convolution ------------------------------------------------------------------------
@@ -137,10 +134,8 @@ def test_conv2d_matches_torch() -> None:
 
 
 def test_conv2d_gradcheck() -> None:
-    assert gradcheck(
-        lambda x, w, b: Pair.apply(M.conv2d_forward, M.conv2d_backward, x, w, b),
-        (f64(2, 2, 6, 5), f64(3, 2, 3, 3), f64(3)),
-    )
+    conv = M.as_autograd(M.conv2d_forward, M.conv2d_backward)
+    assert gradcheck(conv, (f64(2, 2, 6, 5), f64(3, 2, 3, 3), f64(3)))
 
 
 # --- dropout, flatten ---------------------------------------------------------------------
@@ -160,7 +155,7 @@ def test_dropout_matches_masked_multiply(mask_shape: tuple[int, ...]) -> None:
     ref = autograd_grads(lambda t: t * mask / (1 - p), x, grad_out=g)[0]
     assert_close(M.dropout_backward(g, cache), ref)
     assert gradcheck(
-        lambda t: Pair.apply(M.dropout_forward, M.dropout_backward, t, mask.double(), p),
+        lambda t: M.as_autograd(M.dropout_forward, M.dropout_backward)(t, mask.double(), p),
         (f64(4, 6, 3, 3),),
     )
 
@@ -188,7 +183,7 @@ def test_log_softmax_nll_matches_torch() -> None:
 def test_log_softmax_nll_gradcheck() -> None:
     target = torch.randint(0, 5, (4,))
     fwd, bwd = M.log_softmax_nll_forward, M.log_softmax_nll_backward
-    assert gradcheck(lambda z: Pair.apply(fwd, bwd, z, target), (f64(4, 5),))
+    assert gradcheck(lambda z: M.as_autograd(fwd, bwd)(z, target), (f64(4, 5),))
 
 
 # --- the whole Net ------------------------------------------------------------------------
