@@ -37,7 +37,9 @@ def show_digits(
     n = len(images)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.15),
+    title_lines = sum(x is not None for x in (labels, predictions, confidences))
+    row_height = size + 0.16 * title_lines  # room for each line of the titles above a digit
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, row_height * nrows + 0.4),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
