@@ -105,6 +105,15 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int):
     return opt, scheduler
 
 
+def num_samples(batches: Iterable) -> int | None:
+    """How many samples a ``DataLoader`` or :class:`TensorBatches` holds (for the example's
+    progress lines); ``None`` for other iterables."""
+    for holder in ("dataset", "targets"):
+        if hasattr(batches, holder):
+            return len(getattr(batches, holder))
+    return None
+
+
 def train_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -123,7 +132,7 @@ def train_epoch(
     loss_fn = loss_function(model)
     model.train()  # dropout on
     losses = []
-    n_total = len(batches.dataset) if hasattr(batches, "dataset") else None
+    n_total = num_samples(batches)
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for step, (data, target) in enumerate(bar):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
@@ -136,8 +145,8 @@ def train_epoch(
         losses.append(loss.detach())  # no .item() here: it would wait for the GPU every step
         if log_interval and step % log_interval == 0:
             seen = step * len(data)
-            total = n_total or len(batches) * len(data)
-            print(f"Train Epoch: {epoch} [{seen}/{total} ({100.0 * step / len(batches):.0f}%)]"
+            print(f"Train Epoch: {epoch} [{seen}/{n_total or '?'} "
+                  f"({100.0 * step / len(batches):.0f}%)]"
                   f"\tLoss: {loss.item():.6f}")
     return torch.stack(losses).tolist()
 
@@ -193,10 +202,8 @@ def fit(
         history.append({"epoch": epoch, "train_loss": sum(steps) / len(steps),
                         "step_losses": steps, "test_loss": test_loss,
                         "test_accuracy": accuracy, "seconds": seconds})
-        if verbose:
-            n = len(test_batches.dataset) if hasattr(test_batches, "dataset") else \
-                len(test_batches.targets)
-            print(test_line(test_loss, accuracy, n))
+        if verbose and num_samples(test_batches):
+            print(test_line(test_loss, accuracy, num_samples(test_batches)))
     return history
 
 

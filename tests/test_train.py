@@ -88,6 +88,9 @@ def test_train_epoch_logs_like_the_example(small, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(losses) == 32 and len(lines) == 4
     assert lines[1].startswith("Train Epoch: 1 [640/2048 (31%)]\tLoss: ")
+    tensors = TensorBatches.from_dataset(small[0], batch_size=100)
+    T.train_epoch(model, tensors, opt, log_interval=20, progress=False)
+    assert capsys.readouterr().out.splitlines()[1].startswith("Train Epoch: 1 [2000/2048 (95%)]")
 
 
 def test_test_line_is_the_examples():
