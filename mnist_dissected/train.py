@@ -132,7 +132,7 @@ def train_epoch(
     loss_fn = loss_function(model)
     model.train()  # dropout on
     losses = []
-    n_total = num_samples(batches)
+    n_total, seen = num_samples(batches), 0
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for step, (data, target) in enumerate(bar):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
@@ -144,10 +144,10 @@ def train_epoch(
             scheduler.step()
         losses.append(loss.detach())  # no .item() here: it would wait for the GPU every step
         if log_interval and step % log_interval == 0:
-            seen = step * len(data)
             print(f"Train Epoch: {epoch} [{seen}/{n_total or '?'} "
                   f"({100.0 * step / len(batches):.0f}%)]"
                   f"\tLoss: {loss.item():.6f}")
+        seen += len(data)
     return torch.stack(losses).tolist()
 
 
