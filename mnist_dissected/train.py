@@ -158,16 +158,16 @@ def evaluate(model: nn.Module, batches: Iterable,
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_function(model)
     model.eval()
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    n = 0
+    # Sums as Python numbers: float64 on every device (MPS has no float64 tensors), and one
+    # sync with the device per test batch costs little.
+    total_loss, correct, n = 0.0, 0, 0
     for data, target in batches:
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(data)
-        total_loss += loss_fn(output, target, reduction="sum").double()
-        correct += (output.argmax(dim=1) == target).sum()
+        total_loss += loss_fn(output, target, reduction="sum").item()
+        correct += (output.argmax(dim=1) == target).sum().item()
         n += len(target)
-    return total_loss.item() / n, correct.item() / n
+    return total_loss / n, correct / n
 
 
 def test_line(loss: float, accuracy: float, n: int) -> str:
