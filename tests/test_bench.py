@@ -12,4 +12,4 @@ def test_time_epoch_trains_one_epoch_and_returns_seconds():
     batches = TensorBatches(torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,)),
                             batch_size=64)
     seconds = time_epoch(batches, torch.device("cpu"), channels_last=True)
-    assert 0 < seconds < 60
+    assert isinstance(seconds, float) and seconds > 0
