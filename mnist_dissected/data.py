@@ -148,13 +148,26 @@ def prepare_raw(root: Path) -> list[str]:
     return missing
 
 
-def _not_found(root: Path, missing: Sequence[str], cause: Exception | None) -> MNISTNotFoundError:
-    looked = [str(p) for name in missing for p in [root / "MNIST" / "raw" / name,
-                                                   *_candidates(root, name)]]
-    why = f"\nThe download failed too: {type(cause).__name__}: {cause}" if cause else ""
+def _root_origin(root_arg) -> str:
+    """Why :func:`data_root` picked the folder it did (for error messages)."""
+    if root_arg is not None:
+        return "the root argument"
+    if os.environ.get(ENV_VAR):
+        return f"${ENV_VAR}"
+    if checkout_data_dir() is not None:
+        return "the checkout's data/ folder"
+    return f"the per-user cache (not a checkout, ${ENV_VAR} not set)"
+
+
+def _not_found(root: Path, origin: str, missing: Sequence[str],
+               cause: Exception | None) -> MNISTNotFoundError:
+    why = f"The download failed too: {type(cause).__name__}: {cause}\n" if cause else ""
     return MNISTNotFoundError(
         f"MNIST files not found: {', '.join(f'{n}.gz' for n in missing)}.\n"
-        f"Looked in:\n  " + "\n  ".join(looked) + why + "\n"
+        f"Data folder: {root} (from {origin}). Looked for each file as\n"
+        f"  {root / '<name>.gz'}\n"
+        f"  {root / 'MNIST' / 'raw' / '<name>'} (decompressed) and <name>.gz beside it\n"
+        f"{why}"
         "Fix: put the four gzipped IDX files (train-images-idx3-ubyte.gz, "
         "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; "
         "the repository ships them in data/) into one folder and point "
@@ -173,7 +186,7 @@ def load_mnist(
     Shipped files are verified and used; only when they are missing does torchvision download
     (with a message first), and if that fails too the error says what was looked for and where.
     """
-    root = data_root(root)
+    origin, root = _root_origin(root), data_root(root)
     missing = prepare_raw(root)
     if missing:
         cause = None
@@ -186,7 +199,7 @@ def load_mnist(
             except Exception as e:  # torchvision raises RuntimeError/URLError/OSError variously
                 cause = e
         if missing:
-            raise _not_found(root, missing, cause)
+            raise _not_found(root, origin, missing, cause)
     return datasets.MNIST(root, train=train, transform=transform, download=False)
 
 
