@@ -187,8 +187,9 @@ def make_dropout_mask(
 
 
 def dropout_forward(x: Tensor, mask: Tensor, p: float) -> tuple[Tensor, Cache]:
-    """Dropout with a given 0/1 mask. It scales by ``1/(1-p)`` so that the mean is unchanged."""
-    scale = mask / (1 - p)
+    """Dropout with a given 0/1 mask. It scales by ``1/(1-p)`` so that the mean is unchanged
+    (``p = 1`` drops everything: zeros, as in PyTorch, not 0/0)."""
+    scale = mask / (1 - p) if p < 1 else torch.zeros_like(mask)
     return x * scale, scale
 
 

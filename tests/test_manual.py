@@ -253,3 +253,10 @@ def test_numerical_gradient_matches_autograd() -> None:
     assert_close(torch.tensor(num, dtype=torch.float64), weight.grad[index], rtol=1e-5, atol=1e-8)
     assert torch.equal(weight.detach(), before)  # the weight is put back
     assert weight.grad[index].abs() > 1e-6  # a zero gradient would make this test weak
+
+
+def test_dropout_with_p_1_gives_zeros_like_pytorch():
+    x = torch.randn(3, 4)
+    out, cache = M.dropout_forward(x, torch.zeros_like(x), p=1.0)
+    assert torch.equal(out, F.dropout(x, p=1.0, training=True))
+    assert torch.equal(M.dropout_backward(torch.ones_like(x), cache), torch.zeros_like(x))
