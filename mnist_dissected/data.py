@@ -254,8 +254,9 @@ def make_loader(
     drop_last: bool = False,
     **kwargs,
 ) -> DataLoader:
-    """A ``DataLoader``; ``num_workers=0`` because worker processes hang in Jupyter on
-    macOS/Windows, and a ``seed`` makes the shuffle order reproducible."""
+    """A ``DataLoader``. ``num_workers=0`` by default: worker processes that are started fresh
+    (macOS, Windows, and Linux from Python 3.14) cannot import what a notebook defines, and
+    hang or fail in Jupyter. A ``seed`` makes the shuffle order reproducible."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=num_workers, drop_last=drop_last, **kwargs)
