@@ -90,6 +90,7 @@ class Exploit:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 @pytest.mark.parametrize("wrap", ["torch.save", "plain pickle"])
 def test_malicious_pickle_is_refused_and_not_run(tmp_path, wrap):
     marker = tmp_path / "pwned"
