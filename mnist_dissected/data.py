@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
+
+from .files import atomic_write
 
 #: Mean and standard deviation of the training pixels (scaled to [0, 1]), as in the example.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -69,14 +70,21 @@ def user_cache_dir() -> Path:
     return base / "mnist_dissected"
 
 
+def _pick_root(root: str | os.PathLike | None) -> tuple[Path, str]:
+    """The data folder and where the choice came from (the one place that ranks them)."""
+    if root is not None:
+        return Path(root).expanduser(), "the root argument"
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
+    if (checkout := checkout_data_dir()) is not None:
+        return checkout, "the checkout's data/ folder"
+    return user_cache_dir(), f"the per-user cache (not a checkout, ${ENV_VAR} not set)"
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """Pick the data folder: the argument, else ``$MNIST_DISSECTED_DATA``, else the checkout's
     ``data/``, else the per-user cache."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    return checkout_data_dir() or user_cache_dir()
+    return _pick_root(root)[0]
 
 
 # --------------------------------------------------------------------------- verified files
@@ -103,22 +111,16 @@ def _corrupt(path: Path, expected: str, detail: str) -> CorruptDataError:
 def _decompress_verified(gz_path: Path, raw_path: Path, expected: str) -> None:
     """Decompress ``gz_path`` to ``raw_path`` atomically, only if its content has the expected
     checksum: a half-written or wrong file never appears under the final name."""
-    raw_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=raw_path.parent, prefix=raw_path.name, suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, gzip.open(gz_path, "rb") as src:
+        with atomic_write(raw_path) as out, gzip.open(gz_path, "rb") as src:
+            digest = hashlib.sha256()
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != expected:
-            raise _corrupt(gz_path, expected, f"its content has SHA-256 {digest.hexdigest()}")
-        os.replace(tmp, raw_path)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+            if digest.hexdigest() != expected:
+                raise _corrupt(gz_path, expected, f"its content has SHA-256 {digest.hexdigest()}")
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise _corrupt(gz_path, expected, f"{type(e).__name__}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _candidates(root: Path, name: str) -> list[Path]:
@@ -148,15 +150,9 @@ def prepare_raw(root: Path) -> list[str]:
     return missing
 
 
-def _root_origin(root_arg) -> str:
+def _root_origin(root: str | os.PathLike | None) -> str:
     """Why :func:`data_root` picked the folder it did (for error messages)."""
-    if root_arg is not None:
-        return "the root argument"
-    if os.environ.get(ENV_VAR):
-        return f"${ENV_VAR}"
-    if checkout_data_dir() is not None:
-        return "the checkout's data/ folder"
-    return f"the per-user cache (not a checkout, ${ENV_VAR} not set)"
+    return _pick_root(root)[1]
 
 
 def _not_found(root: Path, origin: str, missing: Sequence[str],
