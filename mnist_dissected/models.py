@@ -1,4 +1,4 @@
-"""The two networks the series dissects.
+"""Part 2's module: the two networks the series dissects (``notebooks/2_mnist_model.ipynb``).
 
 - :class:`Net`: the PyTorch MNIST example (pytorch/examples, ``mnist/main.py`` at commit
   d8dd8ca^), layer for layer. Two modern touches that do not change its numbers:
@@ -9,16 +9,22 @@
 
 Both check their input first, because a wrong shape otherwise fails deep inside with a message
 about matrix sizes that does not say what to do.
+
+What the rest of the package needs to know about a model lives on its class, and nowhere else:
+``name`` (its key in :data:`MODELS`), ``input_size`` (28 or 32), ``log_probs`` (which loss
+fits), and :meth:`config` (the constructor arguments that rebuild it, for checkpoints).
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def check_input(x: torch.Tensor, model: str, size: int, hint: str = "") -> None:
+def check_input(x: torch.Tensor, model: str, size: int, *, hint: str = "") -> None:
     """Raise a ``ValueError`` that says what to do if ``x`` is not a batch N x 1 x size x size."""
     expected = f"{model} expects a batch of shape N x 1 x {size} x {size}, got {tuple(x.shape)}"
     if x.dim() == 2:
@@ -39,17 +45,38 @@ def check_input(x: torch.Tensor, model: str, size: int, hint: str = "") -> None:
                          f"{x.shape[2]} x {x.shape[3]}{hint}")
 
 
-class Net(nn.Module):
+class MNISTModel(nn.Module):
+    """What every model of the series tells about itself (see the module docstring)."""
+
+    name: ClassVar[str]
+    input_size: ClassVar[int]
+    log_probs: ClassVar[bool]
+
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments that build a model like this one (saved in checkpoints)."""
+        return {}
+
+    @classmethod
+    def for_recipe(cls, recipe: Any) -> MNISTModel:
+        """A fresh model set up as a training recipe asks (Net reads its dropout from it)."""
+        return cls()
+
+
+class Net(MNISTModel):
     """The PyTorch MNIST example's network: 21,840 parameters, log-probabilities out.
 
-    ``dropout`` is the probability of both dropout layers (0.5 as in the example); the fast
-    recipe turns them off with ``dropout=0``.
+    Dissected in Part 2, §2.1 and §2.12. ``dropout`` is the probability of both dropout layers
+    (0.5 as in the example); the fast recipe turns them off with ``dropout=0``.
     """
 
+    name = "net"
+    input_size = 28
     log_probs = True  # forward returns log-probabilities: pair with F.nll_loss
 
     def __init__(self, dropout: float = 0.5) -> None:
         super().__init__()
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         self.dropout = dropout
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
@@ -57,8 +84,15 @@ class Net(nn.Module):
         self.fc1 = nn.Linear(320, 50)
         self.fc2 = nn.Linear(50, 10)
 
+    def config(self) -> dict[str, Any]:
+        return {"dropout": self.dropout}
+
+    @classmethod
+    def for_recipe(cls, recipe: Any) -> Net:
+        return cls(dropout=recipe.dropout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "Net", 28)
+        check_input(x, "Net", self.input_size)
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
         x = torch.flatten(x, 1)
@@ -68,9 +102,12 @@ class Net(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
-class LeNet(nn.Module):
-    """The 60-minute-blitz LeNet: 61,706 parameters, for 32x32 input, raw scores out."""
+class LeNet(MNISTModel):
+    """The 60-minute-blitz LeNet: 61,706 parameters, for 32x32 input, raw scores out.
+    Dissected in Part 2, §2.1 and §2.13."""
 
+    name = "lenet"
+    input_size = 32
     log_probs = False  # forward returns raw scores (logits): pair with F.cross_entropy
 
     def __init__(self) -> None:
@@ -82,7 +119,7 @@ class LeNet(nn.Module):
         self.fc3 = nn.Linear(84, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "LeNet", 32, hint=(
+        check_input(x, "LeNet", self.input_size, hint=(
             "; LeNet was designed for 32 x 32: pad MNIST's 28 x 28 digits by 2 pixels on each "
             "side (mnist_transform(pad=2), TensorBatches.from_dataset(..., pad=2) or "
             "mnist_dissected.data.pad_to_32)"))
@@ -94,26 +131,31 @@ class LeNet(nn.Module):
         return self.fc3(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {"net": Net, "lenet": LeNet}
-
-#: Input side length each architecture expects.
-INPUT_SIZE = {"Net": 28, "LeNet": 32}
+#: The one registry: a model's name (its class's ``name``) -> its class.
+MODELS: dict[str, type[MNISTModel]] = {cls.name: cls for cls in (Net, LeNet)}
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """``"net"`` or ``"lenet"`` -> a fresh model."""
+def model_class(name: str) -> type[MNISTModel]:
+    """The class registered as ``name`` (case does not matter: checkpoints of version 1 saved
+    the class name, ``"Net"``)."""
     try:
-        return MODELS[name.lower()](**kwargs)
+        return MODELS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
 
 
+def build_model(name: str, **kwargs: Any) -> MNISTModel:
+    """``"net"`` or ``"lenet"`` -> a fresh model (``kwargs`` go to its constructor)."""
+    return model_class(name)(**kwargs)
+
+
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable numbers in ``model``."""
+    """Number of trainable numbers in ``model``. Dissected in Part 2, §2.2."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def loss_function(model: nn.Module):
     """The loss that matches the model's output: NLL for log-probabilities, cross-entropy
-    (log_softmax + NLL in one) for raw scores."""
+    (log_softmax + NLL in one) for raw scores. Dissected in Part 3, §3.11."""
+    model = getattr(model, "module", model)  # the model inside DistributedDataParallel
     return F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy

@@ -1,4 +1,5 @@
-"""Figures the notebooks share: digit grids, learning curves, confusion matrices, filters.
+"""Part 5's module: the figures the notebooks share (``notebooks/5_mnist_visualize.ipynb``):
+digit grids, learning curves, confusion matrices, filters, feature maps, autograd graphs.
 
 Why this module exists: several parts draw the same kinds of figure (digits in Part 1 and 5,
 learning curves in Part 4 and 5, filters and feature maps in Part 5); one function each keeps
@@ -10,7 +11,7 @@ new figure, and a returned figure as the cell's last value would be shown a seco
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -23,6 +24,7 @@ DIGIT_STYLE = {"cmap": "gray", "interpolation": "nearest"}
 def show_digits(
     images: torch.Tensor,
     labels: Sequence[int] | torch.Tensor | None = None,
+    *,
     predictions: Sequence[int] | torch.Tensor | None = None,
     confidences: Sequence[float] | torch.Tensor | None = None,
     ncols: int = 10,
@@ -30,7 +32,7 @@ def show_digits(
     size: float = 1.1,
 ) -> Figure:
     """A grid of digits (N x 28 x 28 or N x 1 x H x W), each titled with its label and, when
-    given, the prediction (red when wrong) and its confidence."""
+    given, the prediction (red when wrong) and its confidence. Used from Part 1, §1.5 on."""
     images = images.detach().cpu()
     if images.dim() == 4:
         images = images[:, 0]
@@ -64,31 +66,40 @@ def show_digits(
     return fig
 
 
-def plot_learning_curves(history: Sequence[dict[str, Any]], title: str = "Learning curves",
+def running_mean(values: Sequence[float] | torch.Tensor, n: int = 20) -> torch.Tensor:
+    """The mean of each run of ``n`` consecutive values (``len(values) - n + 1`` of them):
+    a noisy per-step loss made readable. Used in Part 4, §4.9 and Part 5, §5.2."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if not 1 <= n <= len(values):
+        raise ValueError(f"need 1 <= n <= {len(values)} values, got n={n}")
+    return values.unfold(0, n, 1).mean(dim=1)
+
+
+def plot_learning_curves(history: Sequence[dict[str, Any]], *, title: str = "Learning curves",
                          smooth: int = 20) -> Figure:
-    """Training loss per step (and its running mean over ``smooth`` steps) beside test
-    accuracy per epoch, from a :func:`~mnist_dissected.train.fit` history."""
+    """Training loss per step (and its running mean over ``smooth`` steps) beside validation
+    accuracy per epoch, from a :func:`~mnist_dissected.train.fit` history. Dissected in
+    Part 5, §5.2."""
     steps = [loss for record in history for loss in record["step_losses"]]
     per_epoch = len(history[0]["step_losses"])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
     x = [i / per_epoch for i in range(1, len(steps) + 1)]
     ax_loss.plot(x, steps, lw=0.6, alpha=0.5, label="per step")
     if len(steps) >= smooth:
-        kernel = torch.ones(smooth) / smooth
-        running = torch.conv1d(torch.tensor(steps)[None, None], kernel[None, None])[0, 0]
-        ax_loss.plot(x[smooth - 1:], running.tolist(), lw=1.5, label=f"mean of {smooth} steps")
+        ax_loss.plot(x[smooth - 1:], running_mean(steps, smooth).tolist(), lw=1.5,
+                     label=f"mean of {smooth} steps")
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
     ax_loss.legend()
     epochs = [r["epoch"] for r in history]
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy",
+    ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy",
                xticks=epochs)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix") -> Figure:
+def plot_confusion_matrix(matrix: torch.Tensor, *, title: str = "Confusion matrix") -> Figure:
     """A 10 x 10 matrix of counts (rows: true digit, columns: prediction), counts written in
     each cell; the colour scale is logarithmic so the few mistakes show beside the diagonal."""
     from matplotlib.colors import LogNorm
@@ -108,7 +119,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix")
     return fig
 
 
-def show_filters(weight: torch.Tensor, title: str, max_in: int | None = None) -> Figure:
+def show_filters(weight: torch.Tensor, title: str, *, max_in: int | None = None) -> Figure:
     """Convolution kernels (out x in x k x k) as a grid: one row per output channel, one column
     per input channel, on one symmetric colour scale (blue negative, red positive)."""
     w = weight.detach().cpu()
@@ -131,7 +142,7 @@ def show_filters(weight: torch.Tensor, title: str, max_in: int | None = None) ->
     return fig
 
 
-def show_feature_maps(maps: torch.Tensor, title: str, ncols: int = 10) -> Figure:
+def show_feature_maps(maps: torch.Tensor, title: str, *, ncols: int = 10) -> Figure:
     """The channels of one image's activations (C x H x W), each on its own colour scale."""
     m = maps.detach().cpu()
     n = len(m)
@@ -146,4 +157,65 @@ def show_feature_maps(maps: torch.Tensor, title: str, ncols: int = 10) -> Figure
             ax.set_title(f"ch {i}", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def graph_layout(root: Any) -> dict[Any, tuple[int, int]]:
+    """(row, column) of every node of an autograd graph below ``root`` (a ``grad_fn``): row =
+    depth. The long branch (or an only child) stays in its parent's column; the short ones
+    (parameters) go to the right."""
+    size: dict[Any, int] = {}
+
+    def children(node: Any) -> list[Any]:
+        return [c for c, _ in node.next_functions if c is not None]
+
+    def count(node: Any) -> int:
+        size[node] = 1 + sum(count(c) for c in children(node))
+        return size[node]
+
+    def place(node: Any, row: int, col: int) -> None:
+        while (row, col) in taken:
+            col += 1
+        taken.add((row, col))
+        where[node] = (row, col)
+        kids = children(node)
+        main = max(kids, key=size.get, default=None)
+        below = main is not None and (size[main] > 2 or len(kids) == 1)
+        if below:
+            place(main, row + 1, col)
+        for i, kid in enumerate(k for k in kids if not (below and k is main)):
+            place(kid, row + 1, col + 1 + i)
+
+    count(root)
+    where: dict[Any, tuple[int, int]] = {}
+    taken: set[tuple[int, int]] = set()
+    place(root, 0, 0)
+    return where
+
+
+def plot_autograd_graph(root: Any, label: Callable[[Any], str], *, title: str,
+                        figsize: tuple[float, float] = (10, 9)) -> Figure:
+    """Draw the autograd graph below ``root`` (``loss.grad_fn``): one box per node, named by
+    ``label(node)``, arrows the way the gradient flows in ``backward``. Parameters
+    (``AccumulateGrad`` nodes) are green, operations blue. Used in Part 3, §3.3."""
+    where = graph_layout(root)
+    fig, ax = plt.subplots(figsize=figsize)
+    boxes = {}
+    for node, (row, col) in where.items():
+        color = "#d8f0d8" if hasattr(node, "variable") else "#dde6f5"
+        boxes[node] = ax.text(col * 3.3, -row, label(node).replace("  ", "\n"), ha="center",
+                              va="center", fontsize=8, bbox={"boxstyle": "round", "fc": color})
+    for node, (_, col) in where.items():
+        for kid, _ in node.next_functions:
+            if kid is not None:
+                below = where[kid][1] == col
+                start, end = ((0.5, 0), (0.5, 1)) if below else ((1, 0.5), (0, 0.5))
+                ax.annotate("", xy=end, xycoords=boxes[kid], xytext=start,
+                            textcoords=boxes[node],
+                            arrowprops={"arrowstyle": "->", "color": "0.4"})
+    rows = max(r for r, _ in where.values())
+    cols = max(c for _, c in where.values())
+    ax.set(xlim=(-1.8, cols * 3.3 + 1.4), ylim=(-rows - 0.6, 0.5))
+    ax.set_title(title)
+    ax.axis("off")
     return fig

@@ -1,7 +1,8 @@
-"""Training and evaluation: the example's loop, made reusable, plus two recipes.
+"""Part 4's module: training and evaluation, the example's loop made reusable, two recipes.
 
-Why this module exists: Part 4 dissects the training loop line by line; the CLI, the benchmark
-and Part 5 (which needs a trained model) run the very same code from here.
+Why this module exists: Part 4 (``notebooks/4_mnist_train.ipynb``) dissects the training loop
+line by line; the CLI, the benchmark, :mod:`mnist_dissected.pretrained` (the model Part 5
+studies) and Part 6's distributed run use the very same code from here.
 
 - ``classic``: the example's recipe (SGD, lr 0.01, momentum 0.5, batch 64, dropout on), fed
   through the torchvision ``DataLoader``.
@@ -18,22 +19,31 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from itertools import islice
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .data import TensorBatches, load_mnist, make_loader, mnist_transform
-from .models import INPUT_SIZE, build_model, loss_function
+from .data import (
+    TensorBatches,
+    load_mnist,
+    make_loader,
+    mnist_transform,
+    train_validation_indices,
+)
+from .models import MNISTModel, loss_function, model_class
 
 DEVICE_ENV_VAR = "MNIST_DISSECTED_DEVICE"
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (all devices), and ask cuDNN for deterministic kernels,
-    so the same seed on the same machine gives bitwise the same run."""
+    so the same seed on the same machine gives bitwise the same run. Dissected in Part 4, §4.7.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -43,7 +53,7 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(preferred: str | torch.device | None = None) -> torch.device:
     """``preferred`` (or ``$MNIST_DISSECTED_DEVICE``) if given, else CUDA, then Apple's MPS,
-    then the CPU: the same notebook runs wherever the reader is."""
+    then the CPU: the same notebook runs wherever the reader is. Dissected in Part 4, §4.3."""
     preferred = preferred or os.environ.get(DEVICE_ENV_VAR) or None
     if preferred is not None:
         return torch.device(preferred)
@@ -69,10 +79,13 @@ class Recipe:
     channels_last: bool = False
     data_path: str = "loader"  # "loader" (DataLoader) or "tensors" (TensorBatches)
     test_batch_size: int = 1000
+    log_interval: int | None = None  # the example's "Train Epoch" lines every N batches
+    gamma: float | None = None  # StepLR's factor per epoch (today's example: 0.7)
 
 
 RECIPES: dict[str, Recipe] = {
-    "classic": Recipe("classic", batch_size=64, lr=0.01, momentum=0.5, epochs=10),
+    "classic": Recipe("classic", batch_size=64, lr=0.01, momentum=0.5, epochs=10,
+                      log_interval=10),
     "fast": Recipe("fast", batch_size=256, lr=0.01, epochs=3, optimizer="adam",
                    schedule="onecycle", dropout=0.0, channels_last=True, data_path="tensors"),
 }
@@ -88,8 +101,10 @@ def get_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int):
-    """The recipe's optimizer and (per-step) learning-rate scheduler, or ``None``."""
+def make_optimizer(model: nn.Module, recipe: Recipe, *, steps_per_epoch: int):
+    """The recipe's optimizer and learning-rate scheduler (or ``None``), stepped after every
+    batch: one-cycle by design, StepLR's per-epoch ``gamma`` spread over the epoch's steps
+    so that it is ``gamma`` per epoch, as in today's example. Dissected in Part 4, §4.6."""
     if recipe.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     elif recipe.optimizer == "adam":
@@ -100,6 +115,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int):
     if recipe.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+    elif recipe.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=steps_per_epoch, gamma=recipe.gamma if recipe.gamma else 0.7)
     elif recipe.schedule is not None:
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
     return opt, scheduler
@@ -118,15 +136,19 @@ def train_epoch(
     model: nn.Module,
     batches: Iterable,
     optimizer: torch.optim.Optimizer,
+    *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     device: torch.device | str | None = None,
     epoch: int = 1,
     progress: bool = True,
     log_interval: int | None = None,
+    max_batches: int | None = None,
 ) -> list[float]:
-    """One pass over ``batches``; returns the training loss of every step.
+    """One pass over ``batches`` (or its first ``max_batches``); returns the training loss of
+    every step.
 
-    ``log_interval`` prints the example's ``Train Epoch: ...`` lines every that many batches.
+    Dissected in Part 4, §4.1. ``log_interval`` prints the example's ``Train Epoch: ...``
+    lines every that many batches (each one waits for the device to report its loss).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_function(model)
@@ -134,7 +156,7 @@ def train_epoch(
     losses = []
     n_total, seen = num_samples(batches), 0
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
-    for step, (data, target) in enumerate(bar):
+    for step, (data, target) in enumerate(islice(bar, max_batches)):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)  # gradients add up otherwise
         loss = loss_fn(model(data), target)
@@ -152,16 +174,18 @@ def train_epoch(
 
 
 @torch.no_grad()  # no graph: less memory, faster
-def evaluate(model: nn.Module, batches: Iterable,
-             device: torch.device | str | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` over ``batches``, in eval mode (dropout off)."""
+def evaluate(model: nn.Module, batches: Iterable, *,
+             device: torch.device | str | None = None,
+             max_batches: int | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` over ``batches`` (or their first ``max_batches``),
+    in eval mode (dropout off). Dissected in Part 4, §4.2."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_function(model)
     model.eval()
     # Sums as Python numbers: float64 on every device (MPS has no float64 tensors), and one
     # sync with the device per test batch costs little.
     total_loss, correct, n = 0.0, 0, 0
-    for data, target in batches:
+    for data, target in islice(batches, max_batches):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(data)
         total_loss += loss_fn(output, target, reduction="sum").item()
@@ -170,88 +194,138 @@ def evaluate(model: nn.Module, batches: Iterable,
     return total_loss / n, correct / n
 
 
-def test_line(loss: float, accuracy: float, n: int) -> str:
-    """The example's summary line for the test set."""
+def summary_line(loss: float, accuracy: float, n: int, *, split: str = "Test") -> str:
+    """The example's summary line (``Test set: Average loss: ...``), for any split."""
     correct = round(accuracy * n)
-    return (f"Test set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} "
+    return (f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} "
             f"({100.0 * correct / n:.2f}%)")
 
 
 def fit(
     model: nn.Module,
     train_batches: Iterable,
-    test_batches: Iterable,
+    val_batches: Iterable,
     optimizer: torch.optim.Optimizer,
+    *,
     scheduler=None,
     epochs: int = 1,
     device: torch.device | str | None = None,
     progress: bool = True,
     log_interval: int | None = None,
     verbose: bool = True,
+    max_batches: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Train for ``epochs`` and test after each; returns one record per epoch: ``epoch``,
-    ``train_loss`` (mean), ``step_losses``, ``test_loss``, ``test_accuracy``, ``seconds``
-    (training and testing)."""
+    """Train for ``epochs`` and score the validation batches after each (never the test set:
+    that is scored once, at the end). Returns one record per epoch: ``epoch``, ``train_loss``
+    (mean), ``step_losses``, ``val_loss``, ``val_accuracy``, ``seconds`` (training and
+    validation). Dissected in Part 4, §4.4."""
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        steps = train_epoch(model, train_batches, optimizer, scheduler, device, epoch,
-                            progress, log_interval)
-        test_loss, accuracy = evaluate(model, test_batches, device)
+        steps = train_epoch(model, train_batches, optimizer, scheduler=scheduler, device=device,
+                            epoch=epoch, progress=progress, log_interval=log_interval,
+                            max_batches=max_batches)
+        val_loss, accuracy = evaluate(model, val_batches, device=device, max_batches=max_batches)
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch, "train_loss": sum(steps) / len(steps),
-                        "step_losses": steps, "test_loss": test_loss,
-                        "test_accuracy": accuracy, "seconds": seconds})
-        if verbose and num_samples(test_batches):
-            print(test_line(test_loss, accuracy, num_samples(test_batches)))
+                        "step_losses": steps, "val_loss": val_loss,
+                        "val_accuracy": accuracy, "seconds": seconds})
+        if verbose and max_batches is None and num_samples(val_batches):
+            print(summary_line(val_loss, accuracy, num_samples(val_batches), split="Validation"))
     return history
 
 
-def make_batches(recipe: Recipe, model_name: str = "net", device: torch.device | str = "cpu",
-                 seed: int = 1, root=None):
-    """Training and test batches as the recipe wants them: through the ``DataLoader`` or as
-    in-memory tensors on ``device``; LeNet's images padded to 32x32."""
-    pad = (INPUT_SIZE[build_model(model_name).__class__.__name__] - 28) // 2
-    train_set = load_mnist(train=True, root=root, transform=mnist_transform(pad))
-    test_set = load_mnist(train=False, root=root, transform=mnist_transform(pad))
+class Batches(NamedTuple):
+    """The three splits a training run uses: 55,000 training images, 5,000 held out from
+    them for validation, and the 10,000 test images scored once at the end."""
+
+    train: Iterable
+    val: Iterable
+    test: Iterable
+
+
+def make_batches(recipe: Recipe, model_name: str = "net", *, device: torch.device | str = "cpu",
+                 seed: int = 1, root=None, root_given_as: str = "the root argument") -> Batches:
+    """Training, validation and test batches as the recipe wants them: through the
+    ``DataLoader`` or as in-memory tensors on ``device``; images padded to the model's input
+    size (LeNet: 32). The validation split is the same for every seed."""
+    pad = (model_class(model_name).input_size - 28) // 2
+    where = {"root": root, "root_given_as": root_given_as}
+    train_set = load_mnist(train=True, transform=mnist_transform(pad), **where)
+    test_set = load_mnist(train=False, transform=mnist_transform(pad), **where)
+    train_idx, val_idx = train_validation_indices(len(train_set))
     if recipe.data_path == "loader":
         pin = torch.device(device).type == "cuda"
-        return (make_loader(train_set, recipe.batch_size, shuffle=True, seed=seed, pin_memory=pin),
-                make_loader(test_set, recipe.test_batch_size, pin_memory=pin))
+        return Batches(
+            make_loader(Subset(train_set, train_idx), recipe.batch_size, shuffle=True, seed=seed,
+                        pin_memory=pin),
+            make_loader(Subset(train_set, val_idx), recipe.test_batch_size, pin_memory=pin),
+            make_loader(test_set, recipe.test_batch_size, pin_memory=pin))
     if recipe.data_path == "tensors":
         kw = dict(device=device, pad=pad, channels_last=recipe.channels_last)
-        return (TensorBatches.from_dataset(train_set, batch_size=recipe.batch_size,
-                                           shuffle=True, seed=seed, **kw),
-                TensorBatches.from_dataset(test_set, batch_size=recipe.test_batch_size, **kw))
+        return Batches(
+            TensorBatches.from_dataset(train_set, indices=train_idx, batch_size=recipe.batch_size,
+                                       shuffle=True, seed=seed, **kw),
+            TensorBatches.from_dataset(train_set, indices=val_idx,
+                                       batch_size=recipe.test_batch_size, **kw),
+            TensorBatches.from_dataset(test_set, batch_size=recipe.test_batch_size, **kw))
     raise ValueError(f"unknown data path {recipe.data_path!r}")
+
+
+class Trained(NamedTuple):
+    """What :func:`train_model` returns: the model (on its device, in eval mode), its
+    per-epoch history, the recipe used, and the one test score: ``{"loss", "accuracy", "n"}``.
+    """
+
+    model: MNISTModel
+    history: list[dict[str, Any]]
+    recipe: Recipe
+    test: dict[str, float]
 
 
 def train_model(
     model_name: str = "net",
     recipe: str | Recipe = "fast",
+    *,
     seed: int = 1,
     device: torch.device | str | None = None,
     progress: bool = True,
     log_interval: int | None = None,
     verbose: bool = True,
     root=None,
+    root_given_as: str = "the root argument",
+    dry_run: bool = False,
     **overrides: Any,
-) -> tuple[nn.Module, list[dict[str, Any]], Recipe]:
-    """Seed, build the model, the data and the optimizer, and train: the whole story in one
-    call (the CLI, ``load_or_train`` and the benchmark use it). ``overrides`` replace recipe
-    fields (``epochs=``, ``lr=``, ...). Returns the model, its history and the recipe used."""
+) -> Trained:
+    """Seed, build the model, the data and the optimizer, train (choices seen on the
+    validation split), then score the test set once: the whole story in one call (the CLI,
+    :mod:`~mnist_dissected.pretrained` and the benchmark use it). ``overrides`` replace recipe
+    fields (``epochs=``, ``lr=``, ...). ``log_interval`` defaults to the recipe's (the classic
+    recipe logs every 10 batches). ``dry_run``: one batch of training and one of testing, then
+    stop (a quick check that everything runs, as in pytorch/examples). Dissected in Part 4,
+    §4.6."""
     recipe = get_recipe(recipe, **overrides)
     device = pick_device(device)
     seed_everything(seed)
-    kwargs = {"dropout": recipe.dropout} if model_name.lower() == "net" else {}
-    model = build_model(model_name, **kwargs).to(device)
+    model = model_class(model_name).for_recipe(recipe).to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_batches, test_batches = make_batches(recipe, model_name, device, seed, root)
-    optimizer, scheduler = make_optimizer(model, recipe, len(train_batches))
-    history = fit(model, train_batches, test_batches, optimizer, scheduler, recipe.epochs,
-                  device, progress, log_interval, verbose)
-    return model, history, recipe
+    batches = make_batches(recipe, model_name, device=device, seed=seed, root=root,
+                           root_given_as=root_given_as)
+    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=len(batches.train))
+    limit = 1 if dry_run else None
+    history = fit(model, batches.train, batches.val, optimizer, scheduler=scheduler,
+                  epochs=1 if dry_run else recipe.epochs, device=device, progress=progress,
+                  log_interval=log_interval if log_interval is not None else recipe.log_interval,
+                  verbose=verbose, max_batches=limit)
+    test_loss, test_accuracy = evaluate(model, batches.test, device=device, max_batches=limit)
+    n_test = num_samples(batches.test)
+    if dry_run:
+        n_test = min(n_test, recipe.test_batch_size)
+    if verbose:
+        print(summary_line(test_loss, test_accuracy, n_test))
+    return Trained(model, history, recipe,
+                   {"loss": test_loss, "accuracy": test_accuracy, "n": n_test})
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from mnist_dissected import cli
-from mnist_dissected.train import RECIPES
+from mnist_dissected.checkpoint import load_checkpoint
+from mnist_dissected.models import Net
+from mnist_dissected.train import Trained
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
     (["train", "--model", "resnet"], "invalid choice"),
     (["train", "--recipe", "slow"], "invalid choice"),
     (["fly"], "invalid choice"),
+    (["train", "--seed", "-1"], "must be in 0 .. 4294967295"),
+    (["train", "--seed", str(2**32)], "must be in 0 .. 4294967295"),
+    (["train", "--gamma", "0"], "must be in (0, 1]"),
+    (["train", "--device", "meta"], "cannot train a model; use one of cpu, cuda, cuda:N, mps"),
+    (["train", "--device", "banana"], "is not a device"),
+    (["train", "--device", "cuda", "--no-cuda"], "contradict"),
+    (["train", "--recipe", "fast", "--gamma", "0.7"], "the fast recipe has its own (onecycle)"),
 ])
 def test_bad_flag_values_are_usage_errors(args, complaint, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -44,7 +53,7 @@ def test_flags_reach_the_training(monkeypatch, tmp_path, capsys):
 
     def fake_train_model(model, recipe, **kwargs):
         seen.update(kwargs, model=model, recipe=recipe)
-        return torch.nn.Linear(1, 1), [], RECIPES[recipe]
+        return Trained(torch.nn.Linear(1, 1), [], recipe, {})
 
     monkeypatch.setattr("mnist_dissected.train.train_model", fake_train_model)
     monkeypatch.setattr("mnist_dissected.checkpoint.save_checkpoint",
@@ -54,9 +63,10 @@ def test_flags_reach_the_training(monkeypatch, tmp_path, capsys):
                        "--momentum", "0.9", "--seed", "3", "--log-interval", "5",
                        "--device", "cpu", "--save-model", str(tmp_path / "m.pt")])
     assert status == 0
-    assert seen["model"] == "lenet" and seen["recipe"] == "classic"
-    assert (seen["batch_size"], seen["test_batch_size"], seen["epochs"]) == (32, 500, 2)
-    assert (seen["lr"], seen["momentum"], seen["seed"], seen["log_interval"]) == \
+    recipe = seen["recipe"]
+    assert seen["model"] == "lenet" and recipe.name == "classic"
+    assert (recipe.batch_size, recipe.test_batch_size, recipe.epochs) == (32, 500, 2)
+    assert (recipe.lr, recipe.momentum, seen["seed"], seen["log_interval"]) == \
         (0.05, 0.9, 3, 5)
     assert "Saved" in capsys.readouterr().out
 
@@ -71,9 +81,86 @@ def test_missing_data_is_a_message_not_a_traceback(tmp_path):
                             env=env, timeout=120)
     assert result.returncode == 1
     assert "MNIST files not found" in result.stderr and "MNIST_DISSECTED_DATA" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "mnist_dissected", "train", "--dry-run",
+                             "--data", str(tmp_path / "typo")], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=120)
+    assert "(from --data)" in result.stderr and not (tmp_path / "typo").exists()
     assert "Traceback" not in result.stderr
 
 
-def test_unusable_device_is_a_message(capsys):
-    status = cli.main(["train", "--device", "cuda:7" if torch.cuda.is_available() else "cuda"])
-    assert status == 2 and "not usable" in capsys.readouterr().err
+def test_unusable_device_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--device", "cuda:7" if torch.cuda.is_available() else "cuda"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "CUDA" in err and "use --device cpu" in err
+    assert err.strip().splitlines()[-1].startswith("python -m mnist_dissected train: error: ")
+    assert "Traceback" not in err  # the usage, then one line of error
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_where_there_is_none_is_one_line_not_a_backend_listing(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--device", "mps"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "MPS is not available here" in last and len(last) < 200
+
+
+@pytest.mark.parametrize("flags", [
+    ["--no-cuda"], ["--no-mps"], ["--no-accel"],  # d8dd8ca^ and today's example
+])
+def test_the_examples_device_flags_pick_the_cpu(flags):
+    args = cli.build_parser().parse_args(["train", *flags])
+    assert cli.parse_device(args.device, no_accel=args.no_accel) == torch.device("cpu")
+
+
+def test_gamma_drives_a_step_schedule_as_in_todays_example():
+    args = cli.build_parser().parse_args(["train", "--gamma", "0.7"])
+    recipe = cli.recipe_from_args(args)
+    assert (recipe.schedule, recipe.gamma) == ("step", 0.7)
+
+
+def test_unknown_flag_shows_the_train_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--epocs", "3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --epocs 3" in err
+    assert "usage: python -m mnist_dissected train" in err
+
+
+@pytest.mark.parametrize("make, complaint", [
+    (lambda tmp: tmp, "is a folder"),
+    (lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt" / "m.pt",
+     "it is a file, not a folder"),
+])
+def test_bad_save_path_is_refused_before_training(tmp_path, monkeypatch, capsys, make,
+                                                  complaint):
+    monkeypatch.setattr("mnist_dissected.train.train_model",
+                        lambda *a, **k: pytest.fail("trained despite a bad --save-model"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--device", "cpu", "--save-model", str(make(tmp_path))])
+    assert exit_.value.code == 2 and complaint in capsys.readouterr().err
+
+
+def test_missing_save_folder_is_announced_then_created(tmp_path, capsys):
+    target = tmp_path / "new" / "deeper" / "m.pt"
+    assert cli.main(["train", "--recipe", "fast", "--dry-run", "--device", "cpu",
+                     "--save-model", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"the folder {target.parent} will be created" in out and target.is_file()
+
+
+def test_dry_run_end_to_end_from_the_shell(tmp_path):
+    """The real command, start to finish: one batch of training, one of testing, a checkpoint."""
+    target = tmp_path / "m.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_dissected", "train", "--dry-run", "--device", "cpu",
+         "--save-model", str(target)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Training net with the classic recipe on cpu"
+    assert lines[1].startswith("Train Epoch: 1 [0/55000 (0%)]\tLoss: ")
+    assert lines[2].startswith("Test set: Average loss: ") and "/1000 (" in lines[2]
+    assert lines[3] == f"Saved {target}"
+    model, meta = load_checkpoint(target)
+    assert isinstance(model, Net) and meta["epochs"] == 1

@@ -27,8 +27,9 @@ def run(small, recipe, seed=1, channels_last=False):
     batches = TensorBatches.from_dataset(small[0], batch_size=recipe.batch_size, shuffle=True,
                                          seed=seed, channels_last=channels_last)
     tests = TensorBatches.from_dataset(small[1], batch_size=500)
-    opt, sched = T.make_optimizer(model, recipe, len(batches))
-    history = T.fit(model, batches, tests, opt, sched, epochs=1, progress=False, verbose=False)
+    opt, sched = T.make_optimizer(model, recipe, steps_per_epoch=len(batches))
+    history = T.fit(model, batches, tests, opt, scheduler=sched, epochs=1, progress=False,
+                    verbose=False)
     return model, history
 
 
@@ -50,7 +51,7 @@ def test_history_records_what_happened(small):
     assert record["train_loss"] == pytest.approx(sum(record["step_losses"]) / 32)
     assert record["seconds"] > 0
     loss, acc = T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
-    assert (loss, acc) == (record["test_loss"], record["test_accuracy"])
+    assert (loss, acc) == (record["val_loss"], record["val_accuracy"])
     assert record["step_losses"][-1] < record["step_losses"][0], "it learns"
 
 
@@ -75,15 +76,20 @@ def test_evaluate_counts_right_answers_and_averages_the_loss():
 
 def test_evaluate_uses_eval_mode_and_no_graph(small):
     model = Net().train()
+    seen = []
+    model.register_forward_hook(
+        lambda module, inputs, output: seen.append(
+            (module.training, torch.is_grad_enabled(), output.grad_fn)))
     T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
     assert not model.training
+    assert seen == [(False, False, None)] * 2, "eval mode, autograd off, no graph recorded"
 
 
 def test_train_epoch_logs_like_the_example(small, capsys):
     T.seed_everything(0)
     model = Net()
     loader = make_loader(small[0], batch_size=64, shuffle=True, seed=0)
-    opt, _ = T.make_optimizer(model, T.RECIPES["classic"], len(loader))
+    opt, _ = T.make_optimizer(model, T.RECIPES["classic"], steps_per_epoch=len(loader))
     losses = T.train_epoch(model, loader, opt, log_interval=10, progress=False)
     lines = capsys.readouterr().out.splitlines()
     assert len(losses) == 32 and len(lines) == 4
@@ -93,9 +99,10 @@ def test_train_epoch_logs_like_the_example(small, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("Train Epoch: 1 [2000/2048 (95%)]")
 
 
-def test_test_line_is_the_examples():
-    assert T.test_line(0.02281, 0.9926, 10_000) == \
+def test_summary_line_is_the_examples():
+    assert T.summary_line(0.02281, 0.9926, 10_000) == \
         "Test set: Average loss: 0.0228, Accuracy: 9926/10000 (99.26%)"
+    assert T.summary_line(0.1, 0.5, 10, split="Validation").startswith("Validation set: ")
 
 
 def test_recipes():
@@ -111,19 +118,67 @@ def test_recipes():
     assert isinstance(opt, torch.optim.Adam) and sched.total_steps == 30
 
 
-def test_pick_device(monkeypatch):
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
     monkeypatch.delenv(T.DEVICE_ENV_VAR, raising=False)
-    expected = "cuda" if torch.cuda.is_available() else \
-        "mps" if torch.backends.mps.is_available() else "cpu"
-    assert T.pick_device().type == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert T.pick_device() == torch.device(expected)
     assert T.pick_device("cpu") == torch.device("cpu")
+
+
+def test_pick_device_reads_the_environment(monkeypatch):
     monkeypatch.setenv(T.DEVICE_ENV_VAR, "cpu")
     assert T.pick_device() == torch.device("cpu")
 
 
 def test_lenet_batches_are_padded(small):
     recipe = T.get_recipe("fast")
-    train, _ = T.make_batches(recipe, "lenet")
+    train, _, _ = T.make_batches(recipe, "lenet")
     x, _ = next(iter(train))
     assert x.shape[1:] == (1, 32, 32)
     assert LeNet()(x[:2]).shape == (2, 10)
+
+
+def test_dry_run_trains_one_batch_and_tests_one(capsys):
+    run = T.train_model("net", "fast", dry_run=True, progress=False, device="cpu")
+    (record,) = run.history
+    assert len(record["step_losses"]) == 1
+    assert run.test["n"] == T.RECIPES["fast"].test_batch_size
+    assert capsys.readouterr().out.strip().startswith("Test set: ")
+
+
+def test_train_model_scores_validation_per_epoch_and_test_once(monkeypatch, small):
+    def tiny(n, *, batch_size, shuffle=False):
+        return TensorBatches.from_dataset(small[1], indices=torch.arange(n),
+                                          batch_size=batch_size, shuffle=shuffle)
+
+    monkeypatch.setattr(T, "make_batches", lambda recipe, name, **kw: T.Batches(
+        tiny(512, batch_size=256, shuffle=True), tiny(300, batch_size=100),
+        tiny(700, batch_size=100)))
+    scored = []
+    real_evaluate = T.evaluate
+
+    def spy(model, batches, **kwargs):
+        scored.append(len(batches.targets))
+        return real_evaluate(model, batches, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate", spy)
+    run = T.train_model("net", T.get_recipe("fast", epochs=2), progress=False, verbose=False,
+                        device="cpu")
+    assert scored == [300, 300, 700], "validation each epoch, the test set once at the end"
+    assert run.test["n"] == 700
+    assert set(run.history[0]) >= {"val_loss", "val_accuracy"}
+    assert not any(k.startswith("test") for k in run.history[0])
+
+
+def test_step_schedule_multiplies_by_gamma_each_epoch():
+    recipe = T.get_recipe("classic", schedule="step", gamma=0.5)
+    opt, sched = T.make_optimizer(Net(), recipe, steps_per_epoch=3)
+    rates = []
+    for _ in range(6):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([0.01] * 3 + [0.005] * 3)

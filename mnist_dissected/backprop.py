@@ -1,7 +1,9 @@
-"""Every operation of the MNIST ``Net`` written by hand, with its backward next to its forward.
+"""Part 3's module: every operation of the MNIST ``Net`` by hand, backward next to forward.
 
 Autograd hides how gradients are computed. This module writes them out so that the Part 3
-notebook can show each backward right beside its forward, and check it against autograd.
+notebook (``notebooks/3_mnist_backprop.ipynb``) can show each backward right beside its
+forward, and check it against autograd (:func:`check_pair`). Part 2 uses the forwards to show
+how a convolution and a pooling layer compute.
 The style follows micrograd's ``engine.py``: short, plain functions, with no tricks.
 
 Each operation is a pair of functions:
@@ -26,26 +28,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import gradcheck
+from torch.testing import assert_close
+
+from .models import Net
 
 Cache = Any  # whatever a forward saves for its backward
 
-PARAM_NAMES = (
-    "conv1.weight",
-    "conv1.bias",
-    "conv2.weight",
-    "conv2.bias",
-    "fc1.weight",
-    "fc1.bias",
-    "fc2.weight",
-    "fc2.bias",
-)
+_NET = Net()  # the architecture the hand-written pass follows: names, shapes, dropout
+PARAM_NAMES = tuple(name for name, _ in _NET.named_parameters())
+DROPOUT_P = _NET.dropout  # both dropouts of the classic Net use this p
 
 
 # --- linear: out = x @ W.T + b ------------------------------------------------------------
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Cache]:
-    """Fully connected layer, as in ``nn.Linear``. x: (N, in), weight: (out, in), bias: (out,)."""
+    """Fully connected layer, as in ``nn.Linear``. x: (N, in), weight: (out, in), bias: (out,).
+    Dissected in Part 3, §3.6."""
     out = x @ weight.T + bias
     return out, (x, weight)
 
@@ -105,7 +105,8 @@ relu = ReLUFunction.apply
 
 
 def maxpool2d_forward(x: Tensor, k: int = 2) -> tuple[Tensor, Cache]:
-    """Max pooling as in ``F.max_pool2d(x, k)``. x: (N, C, H, W).
+    """Max pooling as in ``F.max_pool2d(x, k)``. x: (N, C, H, W). Dissected in Part 2, §2.7
+    (forward) and Part 3, §3.7 (backward).
 
     ``F.unfold`` (the same im2col as in the convolution) makes each k x k window into one
     column. Then it is a max over that column.
@@ -137,6 +138,7 @@ def maxpool2d_backward(grad_out: Tensor, cache: Cache) -> Tensor:
 
 def conv2d_forward(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Cache]:
     """Convolution as in ``F.conv2d(x, weight, bias)``. x: (N, C, H, W), weight: (O, C, kh, kw).
+    Dissected in Part 2, §2.4 (forward) and Part 3, §3.7 (backward).
 
     im2col: ``F.unfold`` copies each (C, kh, kw) patch into one column. Then the convolution
     is one matrix product, the same as a linear layer applied to every patch.
@@ -242,26 +244,38 @@ def log_softmax_nll_backward(grad_out: Tensor | float, cache: Cache) -> Tensor:
 
 # --- the whole Net ----------------------------------------------------------------------------
 
-DROPOUT_P = 0.5  # both dropouts of the classic Net use p = 0.5
-
 
 def make_net_masks(
-    batch_size: int, generator: torch.Generator | None = None
+    batch_size: int, *, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Fixed dropout masks for one Net pass: ``(conv2_drop (N,20,1,1), fc1 dropout (N,50))``."""
+    """Fixed dropout masks for one Net pass: ``(conv2_drop (N,20,1,1), fc1 dropout (N,50))``,
+    their sizes read from ``Net``'s layers."""
     return (
-        make_dropout_mask((batch_size, 20, 1, 1), DROPOUT_P, generator),
-        make_dropout_mask((batch_size, 50), DROPOUT_P, generator),
+        make_dropout_mask((batch_size, _NET.conv2.out_channels, 1, 1), DROPOUT_P, generator),
+        make_dropout_mask((batch_size, _NET.fc1.out_features), DROPOUT_P, generator),
     )
+
+
+def net_with_masks(net: Net, x: Tensor, masks: tuple[Tensor, Tensor], *,
+                   p: float = DROPOUT_P) -> Tensor:
+    """``Net.forward`` in training mode through autograd, with the dropout masks given instead
+    of drawn: the reference :func:`net_backward` is checked against. Dissected in Part 3, §3.9.
+    """
+    x = F.relu(F.max_pool2d(net.conv1(x), 2))
+    x = F.relu(F.max_pool2d(net.conv2(x) * masks[0] / (1 - p), 2))  # conv2_drop (Dropout2d)
+    x = F.relu(net.fc1(torch.flatten(x, 1)))
+    x = net.fc2(x * masks[1] / (1 - p))  # F.dropout
+    return F.log_softmax(x, dim=1)
 
 
 def net_forward(
     params: Mapping[str, Tensor],
     x: Tensor,
     target: Tensor,
+    *,
     masks: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Cache]]:
-    """Run the Net by hand. Returns ``(log_probs, loss, caches)``.
+    """Run the Net by hand. Returns ``(log_probs, loss, caches)``. Dissected in Part 3, §3.9.
 
     ``params`` holds the Net's parameters, with the names from ``net.named_parameters()``.
     ``masks`` is ``(conv2_drop_mask, fc1_drop_mask)`` in training mode, or ``None`` for
@@ -317,6 +331,7 @@ def net_manual_gradients(
     net: nn.Module | Mapping[str, Tensor],
     x: Tensor,
     target: Tensor,
+    *,
     masks: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Compute the loss and all eight parameter gradients without autograd.
@@ -326,7 +341,7 @@ def net_manual_gradients(
     """
     params = dict(net.named_parameters()) if isinstance(net, nn.Module) else dict(net)
     params = {name: t.detach() for name, t in params.items()}
-    _, loss, caches = net_forward(params, x, target, masks)
+    _, loss, caches = net_forward(params, x, target, masks=masks)
     return loss, net_backward(caches)
 
 
@@ -357,8 +372,35 @@ class PairFunction(torch.autograd.Function):
 
 
 def as_autograd(forward: Callable, backward: Callable) -> Callable[..., Tensor]:
-    """One function that autograd differentiates with ``backward``: ``f(*inputs) -> out``."""
+    """One function that autograd differentiates with ``backward``: ``f(*inputs) -> out``.
+    Dissected in Part 3, §3.5."""
     return lambda *inputs: PairFunction.apply(forward, backward, *inputs)
+
+
+def check_pair(forward: Callable, backward: Callable, reference: Callable, *inputs: Any,
+               **tolerance: Any) -> str:
+    """Check a hand-written pair three ways: its output against PyTorch's ``reference``, its
+    gradients against autograd's, and (in float64) against finite differences with
+    ``gradcheck``. Dissected in Part 3, §3.6.
+
+    The first inputs get gradients, as many as ``backward`` returns; the rest (a target, a
+    mask, a kernel size) are passed along unchanged.
+    """
+    out, cache = forward(*inputs)
+    assert_close(out, reference(*inputs), **tolerance)
+    grad_out = torch.randn_like(out)
+    grads = backward(grad_out, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    n = len(grads)
+    leaves = [t.detach().clone().requires_grad_() for t in inputs[:n]]
+    reference(*leaves, *inputs[n:]).backward(grad_out)
+    for mine, leaf in zip(grads, leaves, strict=True):
+        assert_close(mine, leaf.grad, **tolerance)
+    pair = as_autograd(forward, backward)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs[:n]]
+    rest = [t.double() if torch.is_tensor(t) and t.is_floating_point() else t for t in inputs[n:]]
+    assert gradcheck(lambda *diff: pair(*diff, *rest), inputs64)
+    return "output ok, gradients ok, gradcheck ok"
 
 
 # --- finite differences (for checking only) ---------------------------------------------------
@@ -370,7 +412,8 @@ def numerical_gradient(
 ) -> float:
     """Estimate d f / d tensor[index] with a central difference: (f(t+eps) - f(t-eps)) / 2eps.
 
-    ``f`` takes no arguments and returns a scalar that depends on ``tensor``. This changes
+    Dissected in Part 3, §3.10. ``f`` takes no arguments and returns a scalar that depends on
+    ``tensor``. This changes
     ``tensor`` in place for a moment and then puts the old value back. It needs two
     forward passes per element, which is far too slow for training, but it is a check that
     does not depend on any backward code. Use float64, because in float32 the rounding error

@@ -1,4 +1,4 @@
-"""Check the hand-written layers in mnist_dissected.manual against PyTorch and autograd."""
+"""Check the hand-written layers in mnist_dissected.backprop against PyTorch and autograd."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd import gradcheck
 from torch.testing import assert_close
 
-from mnist_dissected import manual as M
+from mnist_dissected import backprop as M
+from mnist_dissected.models import Net
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def f64(*shape: int) -> Tensor:
 
 def test_as_autograd_uses_our_backward() -> None:
     # The pair's backward is what autograd runs: a wrong one gives wrong gradients, and
-    # gradcheck notices. So the gradchecks below test manual.py, not PyTorch.
+    # gradcheck notices. So the gradchecks below test backprop.py, not PyTorch.
     def wrong_backward(grad_out: Tensor, cache: Any) -> Tensor:
         return grad_out  # forgets the mask
 
@@ -189,41 +190,23 @@ def test_log_softmax_nll_gradcheck() -> None:
 # --- the whole Net ------------------------------------------------------------------------
 
 
-class Net(nn.Module):
-    """The classic PyTorch MNIST Net, with an option to use fixed dropout masks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
-        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
-        self.conv2_drop = nn.Dropout2d()
-        self.fc1 = nn.Linear(320, 50)
-        self.fc2 = nn.Linear(50, 10)
-
-    def forward(self, x: Tensor, masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = self.conv2(x)
-        x = self.conv2_drop(x) if masks is None else x * masks[0] / 0.5
-        x = F.relu(F.max_pool2d(x, 2))
-        x = x.view(-1, 320)
-        x = F.relu(self.fc1(x))
-        x = F.dropout(x, training=self.training) if masks is None else x * masks[1] / 0.5
-        return F.log_softmax(self.fc2(x), dim=1)
-
-
 @pytest.mark.parametrize("mode", ["eval", "fixed_masks", "digit_like"])
 def test_net_gradients_match_autograd(mode: str) -> None:
     net = Net()
     x, target = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+    def forward(images: Tensor) -> Tensor:
+        return net(images) if masks is None else M.net_with_masks(net, images, masks)
+
     if mode == "digit_like":  # flat background, as in normalized MNIST: max-pool ties in conv1
         x[:, :, :8], x[:, :, -8:], x[..., :8], x[..., -8:] = -0.4242, -0.4242, -0.4242, -0.4242
     masks = None if mode == "eval" else M.make_net_masks(8)
     if masks is None:
         net.eval()
 
-    loss_ref = F.nll_loss(net(x, masks), target)
+    loss_ref = F.nll_loss(forward(x), target)
     loss_ref.backward()
-    loss, grads = M.net_manual_gradients(net, x, target, masks)
+    loss, grads = M.net_manual_gradients(net, x, target, masks=masks)
 
     assert_close(loss, loss_ref.detach())
     assert list(grads) == [name for name, _ in net.named_parameters()]
@@ -235,8 +218,8 @@ def test_net_gradients_match_autograd(mode: str) -> None:
         )
 
     params = {k: v.detach() for k, v in net.named_parameters()}
-    log_probs, _, _ = M.net_forward(params, x, target, masks)
-    assert_close(log_probs, net(x, masks).detach(), rtol=1e-4, atol=1e-5)
+    log_probs, _, _ = M.net_forward(params, x, target, masks=masks)
+    assert_close(log_probs, forward(x).detach(), rtol=1e-4, atol=1e-5)
 
 
 # --- finite differences ---------------------------------------------------------------------
@@ -260,3 +243,27 @@ def test_dropout_with_p_1_gives_zeros_like_pytorch():
     out, cache = M.dropout_forward(x, torch.zeros_like(x), p=1.0)
     assert torch.equal(out, F.dropout(x, p=1.0, training=True))
     assert torch.equal(M.dropout_backward(torch.ones_like(x), cache), torch.zeros_like(x))
+
+
+def test_net_with_masks_all_kept_is_eval_forward():
+    net = Net().eval()
+    x = torch.randn(4, 1, 28, 28)
+    ones = (torch.ones(4, 20, 1, 1), torch.ones(4, 50))
+    assert_close(M.net_with_masks(net, x, ones, p=0.0), net(x))
+
+
+def test_param_names_and_mask_shapes_follow_net():
+    assert list(M.PARAM_NAMES) == [name for name, _ in Net().named_parameters()]
+    masks = M.make_net_masks(3)
+    assert masks[0].shape == (3, Net().conv2.out_channels, 1, 1)
+    assert masks[1].shape == (3, Net().fc1.out_features)
+
+
+def test_check_pair_catches_a_wrong_backward():
+    def wrong_backward(grad_out: Tensor, cache: Any) -> Tensor:
+        return grad_out
+
+    x = torch.randn(3, 4)
+    assert M.check_pair(M.relu_forward, M.relu_backward, F.relu, x).endswith("gradcheck ok")
+    with pytest.raises(AssertionError):
+        M.check_pair(M.relu_forward, wrong_backward, F.relu, x)

@@ -1,0 +1,250 @@
+"""The MNIST files themselves: where they live, checking them, decompressing them once.
+
+Why this module exists: the repository ships MNIST in ``data/`` so nothing breaks offline or
+when a download mirror is down. Before torchvision looks for the data, :func:`prepare_raw`
+checks each shipped ``.gz`` (SHA-256 of the decompressed bytes: the shipped files were
+recompressed, so their MD5 differs from torchvision's list) and decompresses it into
+``<root>/MNIST/raw/``, where ``torchvision.datasets.MNIST`` finds it and never downloads.
+Each file is hashed once: a stamp beside the decompressed copy records what was verified, and
+a ``.gz`` or copy that changed since (size or modification time) is verified again.
+
+This is plumbing: Part 1 shows it in its appendix (§1.A); the dataset, the transforms and the
+batches it teaches live in :mod:`mnist_dissected.data`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import sys
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from .files import atomic_write
+
+ENV_VAR = "MNIST_DISSECTED_DATA"
+
+#: The four IDX files: name (without .gz) -> SHA-256 of the decompressed bytes.
+RESOURCES: dict[str, str] = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+STAMP_SUFFIX = ".verified"
+
+
+class MNISTNotFoundError(FileNotFoundError):
+    """The MNIST files are nowhere to be found and could not be downloaded."""
+
+
+class CorruptDataError(ValueError):
+    """A data file exists but its content is not the MNIST file it claims to be."""
+
+
+class DataWriteError(OSError):
+    """The input is fine, but its decompressed copy could not be written."""
+
+
+# --------------------------------------------------------------------------- where the data lives
+
+
+def checkout_data_dir() -> Path | None:
+    """The repository's ``data/`` folder when the package runs from a checkout, else None."""
+    candidate = Path(__file__).resolve().parent.parent / "data"
+    if (candidate.parent / "pyproject.toml").is_file() and candidate.is_dir():
+        return candidate
+    return None
+
+
+def user_cache_dir() -> Path:
+    """Per-user cache for pip installs (e.g. Colab), following XDG / macOS / Windows habits."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "mnist_dissected"
+
+
+def pick_root(
+    root: str | os.PathLike | None = None, *, given_as: str = "the root argument"
+) -> tuple[Path, str]:
+    """The data folder and where the choice came from (the one place that ranks them):
+    ``root`` if given (``given_as`` names how, e.g. ``"--data"``), else ``$MNIST_DISSECTED_DATA``,
+    else the checkout's ``data/``, else the per-user cache."""
+    if root is not None:
+        return Path(root).expanduser(), given_as
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
+    if (checkout := checkout_data_dir()) is not None:
+        return checkout, "the checkout's data/ folder"
+    return user_cache_dir(), f"the per-user cache (not a checkout, ${ENV_VAR} not set)"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder :func:`pick_root` chooses."""
+    return pick_root(root)[0]
+
+
+def raw_folder(root: str | os.PathLike) -> Path:
+    """Where torchvision's ``MNIST`` looks for (and downloads) the files under ``root``."""
+    return Path(root) / "MNIST" / "raw"
+
+
+# --------------------------------------------------------------------------- verified files
+
+
+def sha256_of(path: Path, *, gzipped: bool = False) -> str:
+    """SHA-256 of a file's bytes, or of its decompressed bytes when ``gzipped``."""
+    digest = hashlib.sha256()
+    opener = gzip.open if gzipped else open
+    with opener(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _corrupt(path: Path, expected: str, detail: str) -> CorruptDataError:
+    return CorruptDataError(
+        f"{path} is corrupt or truncated ({detail}); expected SHA-256 of the decompressed IDX "
+        f"data {expected}. The file was left as it is. Replace it with a good copy (e.g. "
+        f"`git checkout -- data/` in the repository, or delete it to let torchvision download it)."
+    )
+
+
+def _write_failed(gz: Path, raw: Path, error: OSError) -> DataWriteError:
+    return DataWriteError(
+        f"could not write the decompressed copy {raw} ({type(error).__name__}: "
+        f"{error.strerror or error}). The input {gz} is fine and was not changed. Make room on "
+        f"the disk or make {raw.parent} writable, or point --data / ${ENV_VAR} at a folder you "
+        "can write to."
+    )
+
+
+def _decompress_verified(gz: Path, raw: Path, expected: str) -> None:
+    """Decompress ``gz`` to ``raw`` atomically, only if its content has the expected checksum:
+    a half-written or wrong file never appears under the final name. Reading the input and
+    writing the copy fail differently: :class:`CorruptDataError` blames the input,
+    :class:`DataWriteError` the place written to."""
+    digest = hashlib.sha256()
+    with open(gz, "rb") as compressed:  # an unreadable input raises its own OSError here
+        try:
+            with atomic_write(raw) as out, gzip.open(compressed, "rb") as src:
+                while True:
+                    try:
+                        chunk = src.read(1 << 20)
+                    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+                        raise _corrupt(gz, expected, f"{type(e).__name__}: {e}") from e
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                if digest.hexdigest() != expected:
+                    raise _corrupt(gz, expected, f"its content has SHA-256 {digest.hexdigest()}")
+        except OSError as e:  # from creating, writing or renaming the copy
+            raise _write_failed(gz, raw, e) from e
+
+
+def _candidates(root: Path, name: str) -> list[Path]:
+    """Where a shipped or downloaded ``.gz`` of ``name`` may lie under ``root``."""
+    return [root / f"{name}.gz", raw_folder(root) / f"{name}.gz"]
+
+
+def _identity(path: Path | None) -> dict | None:
+    """What tells a file apart from a changed or replaced one, without reading it."""
+    if path is None:
+        return None
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _stamp_of(raw: Path) -> Path:
+    return raw.with_name(raw.name + STAMP_SUFFIX)
+
+
+def _read_stamp(raw: Path) -> dict | None:
+    try:
+        return json.loads(_stamp_of(raw).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stamp(raw: Path, expected: str, gz: Path | None) -> None:
+    """Record that ``raw`` (made from ``gz``) was verified; a read-only folder just means the
+    next run hashes again."""
+    stamp = {"sha256": expected, "raw": _identity(raw), "gz": _identity(gz)}
+    with contextlib.suppress(OSError), atomic_write(_stamp_of(raw)) as f:
+        f.write(json.dumps(stamp).encode())
+
+
+def prepare_raw(root: Path) -> list[str]:
+    """Make ``<root>/MNIST/raw/<name>`` hold each verified IDX file; return the names missing.
+
+    A decompressed file already there is checked too (it may be a user's own copy): a bad one
+    raises :class:`CorruptDataError` and is never deleted or silently replaced. Files whose
+    stamp still matches are not hashed again.
+    """
+    missing = []
+    for name, expected in RESOURCES.items():
+        raw = raw_folder(root) / name
+        gz = next((p for p in _candidates(root, name) if p.is_file()), None)
+        if raw.is_file():
+            stamp = _read_stamp(raw)
+            if stamp == {"sha256": expected, "raw": _identity(raw), "gz": _identity(gz)}:
+                continue  # verified before, and neither file changed since
+            if gz is not None and (stamp is None or stamp.get("gz") != _identity(gz)):
+                _decompress_verified(gz, raw, expected)  # a new or changed .gz: check it
+            elif (actual := sha256_of(raw)) != expected:
+                raise _corrupt(raw, expected, f"its SHA-256 is {actual}")
+        elif gz is None:
+            missing.append(name)
+            continue
+        else:
+            _decompress_verified(gz, raw, expected)
+        _write_stamp(raw, expected, gz)
+    return missing
+
+
+def not_found_error(
+    root: Path, origin: str, missing: Sequence[str], cause: Exception | None
+) -> MNISTNotFoundError:
+    """The "data not found" story: what was looked for, where, why there, and how to fix it."""
+    why = f"The download failed too: {type(cause).__name__}: {cause}\n" if cause else ""
+    return MNISTNotFoundError(
+        f"MNIST files not found: {', '.join(f'{n}.gz' for n in missing)}.\n"
+        f"Data folder: {root} (from {origin}). Looked for each file as\n"
+        f"  {root / '<name>.gz'}\n"
+        f"  {raw_folder(root) / '<name>'} (decompressed) and <name>.gz beside it\n"
+        f"{why}"
+        "Fix: put the four gzipped IDX files (train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; "
+        "the repository ships them in data/) into one folder and point "
+        f"${ENV_VAR} at it (or pass --data / root=...), or run with network access once to "
+        "download them."
+    )
+
+
+@contextlib.contextmanager
+def undo_on_failure(root: Path):
+    """On an exception, remove the files and (empty) folders created under ``root`` meanwhile:
+    a failed download leaves nothing half-written, and a mistyped folder gets no empty tree."""
+    before = set(root.rglob("*")) if root.exists() else set()
+    root_existed = root.exists()
+    try:
+        yield
+    except BaseException:
+        created = set(root.rglob("*")) - before if root.exists() else set()
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        if not root_existed:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise

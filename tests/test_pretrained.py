@@ -1,0 +1,121 @@
+"""The cache of trained models: keyed on the whole recipe and seed, one training for two
+processes, the same device whether trained or loaded."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from mnist_dissected import pretrained as P
+from mnist_dissected.checkpoint import read_checkpoint
+from mnist_dissected.models import Net
+from mnist_dissected.train import RECIPES, Trained, get_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_cache_is_in_the_checkout_data_folder(monkeypatch):
+    monkeypatch.delenv("MNIST_DISSECTED_DATA", raising=False)
+    path = P.default_checkpoint_path(RECIPES["fast"], seed=1)
+    assert path.parent == ROOT / "data" / "checkpoints"
+    assert path.name.startswith("net_fast_seed1_")
+
+
+def test_the_key_covers_every_recipe_field_and_the_seed():
+    fast = RECIPES["fast"]
+    keys = {P.recipe_key(fast, 1), P.recipe_key(fast, 2)}
+    for field in dataclasses.fields(fast):
+        value = getattr(fast, field.name)
+        other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 0.25,
+                 str: lambda v: v + "x"}.get(type(value), lambda v: 0.5)(value)
+        keys.add(P.recipe_key(dataclasses.replace(fast, **{field.name: other}), 1))
+    assert len(keys) == 2 + len(dataclasses.fields(fast))
+
+
+def fake_training(monkeypatch, calls):
+    def train_model(name, recipe, *, seed, device=None, **kwargs):
+        calls.append(seed)
+        torch.manual_seed(seed)
+        model = Net(dropout=0.0).to(device)
+        return Trained(model, [{"epoch": 1, "val_accuracy": 0.99}], recipe,
+                       {"loss": 0.03, "accuracy": 0.99, "n": 10000})
+
+    monkeypatch.setattr(P, "train_model", train_model)
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = tmp_path / "cache" / "net.pt"
+    first, meta = P.load_or_train(path, seed=3)
+    second, meta2 = P.load_or_train(path, seed=3)
+    assert calls == [3]
+    assert torch.equal(first.fc1.weight, second.fc1.weight) and meta == meta2
+    assert meta["test"]["accuracy"] == 0.99
+    P.load_or_train(path, seed=4)
+    assert calls == [3, 4], "a cache made with another seed is not used"
+
+
+def test_an_edited_recipe_is_retrained_not_reused(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = tmp_path / "net.pt"
+    P.load_or_train(path, seed=1)
+    P.load_or_train(path, recipe=get_recipe("fast", lr=0.02), seed=1)
+    assert calls == [1, 1], "same name, another learning rate: trained again"
+    assert read_checkpoint(path)["recipe"]["lr"] == 0.02
+
+
+def test_same_device_whether_trained_or_loaded(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = tmp_path / "net.pt"
+    trained, _ = P.load_or_train(path, device=None)
+    cached, _ = P.load_or_train(path, device=None)
+    assert calls == [1]
+    expected = P.pick_device(None)
+    assert next(trained.parameters()).device.type == expected.type
+    assert next(cached.parameters()).device.type == expected.type
+    assert not trained.training and not cached.training
+
+
+def test_load_or_train_replaces_an_unreadable_cache(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = tmp_path / "net.pt"
+    path.write_bytes(b"garbage")
+    P.load_or_train(path, seed=1)
+    assert calls == [1] and read_checkpoint(path)["seed"] == 1
+
+
+def test_two_processes_at_once_share_one_training(tmp_path):
+    """nbval may run Parts 4 and 5 together: the file must end up whole, trained once."""
+    script = textwrap.dedent(f"""
+        import time, torch
+        from mnist_dissected import pretrained as P
+        from mnist_dissected.models import Net
+        from mnist_dissected.train import Trained
+
+        def slow_training(name, recipe, *, seed, device=None, **kwargs):
+            with open({str(tmp_path / "trainings")!r}, "a") as f:
+                f.write("x")
+            time.sleep(1.5)
+            torch.manual_seed(seed)
+            return Trained(Net(dropout=0.0), [], recipe, {{"accuracy": 0.5}})
+
+        P.train_model = slow_training
+        model, meta = P.load_or_train({str(tmp_path / "net.pt")!r}, seed=5, device="cpu")
+        print(float(model.fc2.weight.sum()))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1]
+    assert (tmp_path / "trainings").read_text() == "x", "trained once, loaded once"
+    assert read_checkpoint(tmp_path / "net.pt")["seed"] == 5
