@@ -4,23 +4,33 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Extra arguments for `jupyter lab`, e.g. make lab LAB_ARGS="--port 8899 --no-browser"
+LAB_ARGS ?=
+# Jupyter refuses to run as root unless told: containers and cloud machines often are root.
+ifeq ($(shell id -u 2>/dev/null),0)
+ROOT_ARGS := --allow-root
+endif
 
-.PHONY: lab test execute lint bench clean
+.PHONY: lab test test-fast execute lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mnist-dissected needs Python >= 3.10; run: make PYTHON=python3.12 ...")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --editable '.[lab,test]'
+	@echo "Installing PyTorch and the tools into $(VENV) (the first time: a few minutes, a few GB)"
+	$(BIN)/python -m pip install --progress-bar on --editable '.[lab,test]'
 	@touch $(STAMP)
 
 ## Open the notebooks in JupyterLab.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) notebooks/
 
 ## Lint, unit tests and strict nbval of every notebook.
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
+
+## Lint and the unit tests, no notebooks: the fast lane (under a minute).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" -p no:nbval tests
 
 ## Re-execute every notebook in place, top to bottom in a fresh kernel (what gets committed).
 execute: $(STAMP)
@@ -29,6 +39,10 @@ execute: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
 
 ## Time the data paths and the fast recipe on this machine.
 bench: $(STAMP)

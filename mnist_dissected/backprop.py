@@ -256,8 +256,9 @@ def make_net_masks(
     )
 
 
-def net_with_masks(net: Net, x: Tensor, masks: tuple[Tensor, Tensor], *,
-                   p: float = DROPOUT_P) -> Tensor:
+def net_with_masks(
+    net: Net, x: Tensor, masks: tuple[Tensor, Tensor], *, p: float = DROPOUT_P
+) -> Tensor:
     """``Net.forward`` in training mode through autograd, with the dropout masks given instead
     of drawn: the reference :func:`net_backward` is checked against. Dissected in Part 3, §3.9.
     """
@@ -377,8 +378,9 @@ def as_autograd(forward: Callable, backward: Callable) -> Callable[..., Tensor]:
     return lambda *inputs: PairFunction.apply(forward, backward, *inputs)
 
 
-def check_pair(forward: Callable, backward: Callable, reference: Callable, *inputs: Any,
-               **tolerance: Any) -> str:
+def check_pair(
+    forward: Callable, backward: Callable, reference: Callable, *inputs: Any, **tolerance: Any
+) -> str:
     """Check a hand-written pair three ways: its output against PyTorch's ``reference``, its
     gradients against autograd's, and (in float64) against finite differences with
     ``gradcheck``. Dissected in Part 3, §3.6.

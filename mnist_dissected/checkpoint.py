@@ -89,21 +89,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "from matters: if you made it yourself or fully trust its source, load it once with "
             "torch.load(path, weights_only=False) and save a clean copy with "
             "mnist_dissected.checkpoint.save_checkpoint; otherwise delete it. "
-            f"(What was refused: {_unpickler_reason(e)})") from e
+            f"(What was refused: {_unpickler_reason(e)})"
+        ) from e
     except Exception as e:  # zip, pickle and storage readers fail in many ways on bad bytes
         raise CheckpointError(
             f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no details'}); save it again") from e
+            f"{str(e).splitlines()[0] if str(e) else 'no details'}); save it again"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an mnist-dissected checkpoint (no {FORMAT!r} format tag); for a "
-            "bare state_dict use model.load_state_dict(torch.load(path, weights_only=True))")
+            "bare state_dict use model.load_state_dict(torch.load(path, weights_only=True))"
+        )
     return payload
 
 
 def _malformed(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"{path} is a damaged mnist-dissected checkpoint ({what}); save it "
-                           "again with mnist_dissected.checkpoint.save_checkpoint")
+    return CheckpointError(
+        f"{path} is a damaged mnist-dissected checkpoint ({what}); save it "
+        "again with mnist_dissected.checkpoint.save_checkpoint"
+    )
 
 
 def build_from_checkpoint(payload: dict, path: Path) -> MNISTModel:
@@ -113,8 +118,9 @@ def build_from_checkpoint(payload: dict, path: Path) -> MNISTModel:
     if not isinstance(arch, str):
         raise _malformed(path, f"architecture is {arch!r}, not a name")
     if arch.lower() not in MODELS:
-        raise CheckpointError(f"{path} holds an unknown architecture {arch!r}; "
-                              f"known: {sorted(MODELS)}")
+        raise CheckpointError(
+            f"{path} holds an unknown architecture {arch!r}; known: {sorted(MODELS)}"
+        )
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise _malformed(path, f"model_kwargs is {kwargs!r}, not a dict of arguments")
     cls = MODELS[arch.lower()]
@@ -143,8 +149,10 @@ def load_checkpoint(
         model = build_from_checkpoint(payload, path)
     elif not isinstance(arch, str) or getattr(model, "name", None) != arch.lower():
         saved = MODELS[arch.lower()].__name__ if str(arch).lower() in MODELS else arch
-        raise CheckpointError(f"{path} holds the weights of a {saved}, not of a "
-                              f"{type(model).__name__}; load it into a {saved}()")
+        raise CheckpointError(
+            f"{path} holds the weights of a {saved}, not of a "
+            f"{type(model).__name__}; load it into a {saved}()"
+        )
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise _malformed(path, "no state_dict of tensors")

@@ -69,34 +69,92 @@ def build_parser() -> argparse.ArgumentParser:
         default="classic",
         help="classic: the example's SGD; fast: Adam + one-cycle, >= 99%% in 3 epochs",
     )
-    t.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help="input batch size for training (classic 64, fast 256)")
-    t.add_argument("--test-batch-size", type=positive_int, metavar="N",
-                   help="input batch size for validation and testing (default 1000)")
-    t.add_argument("--epochs", type=positive_int, metavar="N",
-                   help="number of epochs to train (classic 10, fast 3)")
+    t.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="input batch size for training (classic 64, fast 256)",
+    )
+    t.add_argument(
+        "--test-batch-size",
+        type=positive_int,
+        metavar="N",
+        help="input batch size for validation and testing (default 1000)",
+    )
+    t.add_argument(
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help="number of epochs to train (classic 10, fast 3)",
+    )
     t.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate (0.01)")
-    t.add_argument("--momentum", type=momentum_value, metavar="M",
-                   help="SGD momentum (classic 0.5)")
-    t.add_argument("--gamma", type=gamma_value, metavar="M",
-                   help="learning-rate step gamma: multiply the rate by M after each epoch "
-                   "(StepLR, as today's example; not with the fast recipe's one-cycle)")
-    t.add_argument("--seed", type=seed_value, default=1, metavar="S",
-                   help="random seed, 0 .. 2**32-1 (default 1)")
-    t.add_argument("--log-interval", type=positive_int, default=None, metavar="N",
-                   help="how many batches to wait before logging training status "
-                   "(classic 10; fast: off, as each line waits for the device)")
-    t.add_argument("--save-model", nargs="?", const="mnist_cnn.pt", default=None,
-                   metavar="PATH", help="save the trained model (default path mnist_cnn.pt)")
-    t.add_argument("--dry-run", action="store_true",
-                   help="quickly check a single pass: one batch of training, one of testing")
-    t.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, mps (default: CUDA, then MPS, then CPU)")
-    t.add_argument("--no-accel", "--no-cuda", "--no-mps", dest="no_accel", action="store_true",
-                   help="train on the CPU even where CUDA or MPS is present (the example's "
-                   "--no-cuda of old and --no-accel of today)")
-    t.add_argument("--data", default=None, metavar="DIR",
-                   help="MNIST folder (default: $MNIST_DISSECTED_DATA, the checkout's data/)")
+    t.add_argument(
+        "--momentum", type=momentum_value, metavar="M", help="SGD momentum (classic 0.5)"
+    )
+    t.add_argument(
+        "--gamma",
+        type=gamma_value,
+        metavar="M",
+        help="learning-rate step gamma: multiply the rate by M after each epoch "
+        "(StepLR, as today's example; not with the fast recipe's one-cycle)",
+    )
+    t.add_argument(
+        "--seed",
+        type=seed_value,
+        default=1,
+        metavar="S",
+        help="random seed, 0 .. 2**32-1 (default 1)",
+    )
+    t.add_argument(
+        "--log-interval",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="how many batches to wait before logging training status "
+        "(classic 10; fast: off, as each line waits for the device)",
+    )
+    t.add_argument(
+        "--save-model",
+        nargs="?",
+        const="mnist_cnn.pt",
+        default=None,
+        metavar="PATH",
+        help="save the trained model (default path mnist_cnn.pt)",
+    )
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="quickly check a single pass: one batch of training, one of testing",
+    )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (needs a C++ compiler on CPU; else eager)",
+    )
+    t.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="capture the fast recipe's training step as one CUDA graph (NVIDIA GPUs; "
+        "elsewhere eager, with a message)",
+    )
+    t.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA, then MPS, then CPU)"
+    )
+    t.add_argument(
+        "--no-accel",
+        "--no-cuda",
+        "--no-mps",
+        dest="no_accel",
+        action="store_true",
+        help="train on the CPU even where CUDA or MPS is present (the example's "
+        "--no-cuda of old and --no-accel of today)",
+    )
+    t.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="MNIST folder (default: $MNIST_DISSECTED_DATA, the checkout's data/)",
+    )
     t.add_argument("--progress", action="store_true", help="show progress bars")
 
     b = sub.add_parser(
@@ -107,10 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
         "available) compiled or graphed, and seconds to reach 99%% for several seeds.",
     )
     b.add_argument("--device", default=None, help="device to benchmark (default: auto)")
-    b.add_argument("--seeds", type=positive_int, default=5, metavar="N",
-                   help="how many seeds to time the fast recipe with (default 5)")
-    b.add_argument("--quick", action="store_true",
-                   help="one seed and no DataLoader epoch: a smoke run, not a measurement")
+    b.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="how many seeds to time the fast recipe with (default 5)",
+    )
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed and no DataLoader epoch: a smoke run, not a measurement",
+    )
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser
 
@@ -133,14 +199,19 @@ def parse_device(text: str | None, *, no_accel: bool = False):
         raise ValueError(f"--device {text} and --no-accel contradict each other")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("CUDA is not available here (no NVIDIA GPU, or a CPU-only build "
-                             "of PyTorch); use --device cpu")
+            raise ValueError(
+                "CUDA is not available here (no NVIDIA GPU, or a CPU-only build "
+                "of PyTorch); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"there is no {text}: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(
+                f"there is no {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("MPS is not available here (it needs Apple silicon and macOS 12.3 or "
-                         "later); use --device cpu")
+        raise ValueError(
+            "MPS is not available here (it needs Apple silicon and macOS 12.3 or "
+            "later); use --device cpu"
+        )
     return device
 
 
@@ -163,12 +234,21 @@ def check_save_path(text: str) -> tuple[Path, str | None]:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe a ``train`` command line asks for: the named recipe with the flags given
     replacing its fields (Part 4, §4.10 shows that it is the notebook's recipe)."""
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                 "momentum": args.momentum, "test_batch_size": args.test_batch_size}
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "test_batch_size": args.test_batch_size,
+        "compile": args.compile or None,
+        "cuda_graph": args.cuda_graph or None,
+    }
     if args.gamma is not None:
         if RECIPES[args.recipe].schedule not in (None, "step"):
-            raise ValueError(f"--gamma drives a StepLR schedule; the {args.recipe} recipe has "
-                             f"its own ({RECIPES[args.recipe].schedule})")
+            raise ValueError(
+                f"--gamma drives a StepLR schedule; the {args.recipe} recipe has "
+                f"its own ({RECIPES[args.recipe].schedule})"
+            )
         overrides.update(schedule="step", gamma=args.gamma)
     return get_recipe(args.recipe, **overrides)
 
@@ -190,12 +270,22 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if note:
         print(note)
     print(f"Training {args.model} with the {args.recipe} recipe on {device}")
-    run = train_model(args.model, recipe, seed=args.seed, device=device, progress=args.progress,
-                      log_interval=args.log_interval, verbose=True, root=args.data,
-                      root_given_as="--data", dry_run=args.dry_run)
+    run = train_model(
+        args.model,
+        recipe,
+        seed=args.seed,
+        device=device,
+        progress=args.progress,
+        log_interval=args.log_interval,
+        verbose=True,
+        root=args.data,
+        root_given_as="--data",
+        dry_run=args.dry_run,
+    )
     if save_path is not None:
-        path = save_checkpoint(save_path, run.model, recipe=recipe, history=run.history,
-                               seed=args.seed, test=run.test)
+        path = save_checkpoint(
+            save_path, run.model, recipe=recipe, history=run.history, seed=args.seed, test=run.test
+        )
         print(f"Saved {path}")
     return 0
 
@@ -203,7 +293,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
     if unknown:  # the subcommand's usage, not the top level's
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from .checkpoint import CheckpointError
@@ -214,8 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_train(args, subparser)
         from .bench import run_bench
 
-        return run_bench(device=args.device, seeds=1 if args.quick else args.seeds,
-                         quick=args.quick, as_json=args.json)
+        return run_bench(
+            device=args.device,
+            seeds=1 if args.quick else args.seeds,
+            quick=args.quick,
+            as_json=args.json,
+        )
     except (MNISTNotFoundError, CorruptDataError, DataWriteError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

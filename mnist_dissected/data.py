@@ -46,8 +46,10 @@ def load_mnist(
     if missing:
         cause = None
         if download:
-            print(f"MNIST not found under {root}; downloading it with torchvision ...",
-                  file=sys.stderr)
+            print(
+                f"MNIST not found under {root}; downloading it with torchvision ...",
+                file=sys.stderr,
+            )
             try:
                 with undo_on_failure(root):
                     datasets.MNIST(root, train=train, download=True)
@@ -99,6 +101,23 @@ def normalize_images(data: torch.Tensor, *, pad: int = 0) -> torch.Tensor:
     return x.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)
 
 
+def centre_of_mass(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ink-weighted mean (row, column) of each image of a stack (..., H, W), in pixels
+    from the top-left pixel's centre: MNIST's makers put it at the middle of the 28 x 28
+    field. Dissected in Part 1, §1.7; :mod:`mnist_dissected.preprocess` centres drawings by it.
+    """
+    mass = images.double()
+    total = mass.sum(dim=(-2, -1))
+    if (total <= 0).any():
+        raise ValueError("an image without ink has no centre of mass")
+    rows = torch.arange(images.shape[-2], dtype=torch.float64)
+    cols = torch.arange(images.shape[-1], dtype=torch.float64)
+    return (
+        (mass.sum(dim=-1) * rows).sum(dim=-1) / total,
+        (mass.sum(dim=-2) * cols).sum(dim=-1) / total,
+    )
+
+
 #: Training images held out to choose recipes and epochs on (the test set is scored once).
 VALIDATION_SIZE = 5000
 
@@ -132,8 +151,15 @@ def make_loader(
     hang or fail in Jupyter. A ``seed`` makes the shuffle order reproducible. Dissected in
     Part 1, §1.12 and §1.13."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        **kwargs,
+    )
 
 
 @dataclass
@@ -159,9 +185,16 @@ class TensorBatches:
         self.generator = torch.Generator().manual_seed(self.seed)
 
     @classmethod
-    def from_dataset(cls, dataset: datasets.MNIST, device: str | torch.device = "cpu", *,
-                     indices: torch.Tensor | None = None, pad: int = 0,
-                     channels_last: bool = False, **kwargs) -> TensorBatches:
+    def from_dataset(
+        cls,
+        dataset: datasets.MNIST,
+        device: str | torch.device = "cpu",
+        *,
+        indices: torch.Tensor | None = None,
+        pad: int = 0,
+        channels_last: bool = False,
+        **kwargs,
+    ) -> TensorBatches:
         """Normalize all of ``dataset`` (or the samples at ``indices``) at once and move it to
         ``device``."""
         data, targets = dataset.data, dataset.targets
@@ -186,7 +219,7 @@ class TensorBatches:
         order = order.to(self.targets.device)
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, len(order)), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             yield self.images[idx], self.targets[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

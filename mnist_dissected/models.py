@@ -28,21 +28,32 @@ def check_input(x: torch.Tensor, model: str, size: int, *, hint: str = "") -> No
     """Raise a ``ValueError`` that says what to do if ``x`` is not a batch N x 1 x size x size."""
     expected = f"{model} expects a batch of shape N x 1 x {size} x {size}, got {tuple(x.shape)}"
     if x.dim() == 2:
-        raise ValueError(f"{expected}: one image without batch and channel dimensions; "
-                         "use x.unsqueeze(0).unsqueeze(0)")
+        raise ValueError(
+            f"{expected}: one image without batch and channel dimensions; "
+            "use x.unsqueeze(0).unsqueeze(0)"
+        )
     if x.dim() == 3:
-        raise ValueError(f"{expected}: " + (
-            "one image without a batch dimension; add one with x.unsqueeze(0)" if x.shape[0] == 1
-            else "a batch without a channel dimension; add one with x.unsqueeze(1)"))
+        raise ValueError(
+            f"{expected}: "
+            + (
+                "one image without a batch dimension; add one with x.unsqueeze(0)"
+                if x.shape[0] == 1
+                else "a batch without a channel dimension; add one with x.unsqueeze(1)"
+            )
+        )
     if x.dim() != 4:
-        raise ValueError(f"{model} expects a 4-D batch N x 1 x {size} x {size}, "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{model} expects a 4-D batch N x 1 x {size} x {size}, got shape {tuple(x.shape)}"
+        )
     if x.shape[1] != 1:
-        raise ValueError(f"{model} expects 1 channel (grayscale), got {x.shape[1]} in shape "
-                         f"{tuple(x.shape)}; convert to grayscale or select one channel")
+        raise ValueError(
+            f"{model} expects 1 channel (grayscale), got {x.shape[1]} in shape "
+            f"{tuple(x.shape)}; convert to grayscale or select one channel"
+        )
     if tuple(x.shape[2:]) != (size, size):
-        raise ValueError(f"{model} expects {size} x {size} images, got "
-                         f"{x.shape[2]} x {x.shape[3]}{hint}")
+        raise ValueError(
+            f"{model} expects {size} x {size} images, got {x.shape[2]} x {x.shape[3]}{hint}"
+        )
 
 
 class MNISTModel(nn.Module):
@@ -119,10 +130,16 @@ class LeNet(MNISTModel):
         self.fc3 = nn.Linear(84, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "LeNet", self.input_size, hint=(
-            "; LeNet was designed for 32 x 32: pad MNIST's 28 x 28 digits by 2 pixels on each "
-            "side (mnist_transform(pad=2), TensorBatches.from_dataset(..., pad=2) or "
-            "mnist_dissected.data.pad_to_32)"))
+        check_input(
+            x,
+            "LeNet",
+            self.input_size,
+            hint=(
+                "; LeNet was designed for 32 x 32: pad MNIST's 28 x 28 digits by 2 pixels on each "
+                "side (mnist_transform(pad=2), TensorBatches.from_dataset(..., pad=2) or "
+                "mnist_dissected.data.pad_to_32)"
+            ),
+        )
         x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = torch.flatten(x, 1)

@@ -41,8 +41,9 @@ def show_digits(
     nrows = math.ceil(n / ncols)
     title_lines = sum(x is not None for x in (labels, predictions, confidences))
     row_height = size + 0.16 * title_lines  # room for each line of the titles above a digit
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, row_height * nrows + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, row_height * nrows + 0.4), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -58,8 +59,9 @@ def show_digits(
         if confidences is not None:
             parts.append(f"{float(confidences[i]):.2f}")
         if parts:
-            ax.set_title(" ".join(parts) if len(parts) == 1 else "\n".join(parts),
-                         fontsize=8, color=color)
+            ax.set_title(
+                " ".join(parts) if len(parts) == 1 else "\n".join(parts), fontsize=8, color=color
+            )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -75,8 +77,9 @@ def running_mean(values: Sequence[float] | torch.Tensor, n: int = 20) -> torch.T
     return values.unfold(0, n, 1).mean(dim=1)
 
 
-def plot_learning_curves(history: Sequence[dict[str, Any]], *, title: str = "Learning curves",
-                         smooth: int = 20) -> Figure:
+def plot_learning_curves(
+    history: Sequence[dict[str, Any]], *, title: str = "Learning curves", smooth: int = 20
+) -> Figure:
     """Training loss per step (and its running mean over ``smooth`` steps) beside validation
     accuracy per epoch, from a :func:`~mnist_dissected.train.fit` history. Dissected in
     Part 5, §5.2."""
@@ -86,14 +89,19 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], *, title: str = "Lea
     x = [i / per_epoch for i in range(1, len(steps) + 1)]
     ax_loss.plot(x, steps, lw=0.6, alpha=0.5, label="per step")
     if len(steps) >= smooth:
-        ax_loss.plot(x[smooth - 1:], running_mean(steps, smooth).tolist(), lw=1.5,
-                     label=f"mean of {smooth} steps")
+        ax_loss.plot(
+            x[smooth - 1 :],
+            running_mean(steps, smooth).tolist(),
+            lw=1.5,
+            label=f"mean of {smooth} steps",
+        )
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
     ax_loss.legend()
     epochs = [r["epoch"] for r in history]
     ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy",
-               xticks=epochs)
+    ax_acc.set(
+        xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy", xticks=epochs
+    )
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -110,10 +118,22 @@ def plot_confusion_matrix(matrix: torch.Tensor, *, title: str = "Confusion matri
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > m.max() / 10 else "black")
-    ax.set(xlabel="predicted digit", ylabel="true digit", title=title,
-           xticks=range(m.shape[1]), yticks=range(m.shape[0]))
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if m[i, j] > m.max() / 10 else "black",
+                )
+    ax.set(
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title=title,
+        xticks=range(m.shape[1]),
+        yticks=range(m.shape[0]),
+    )
     fig.colorbar(im, ax=ax, label="count (log scale)")
     fig.tight_layout()
     return fig
@@ -130,10 +150,12 @@ def show_filters(weight: torch.Tensor, title: str, *, max_in: int | None = None)
         w = w.transpose(0, 1)
         n_out, n_in = n_in, n_out
     limit = w.abs().max().item()
-    fig, axes = plt.subplots(n_out, n_in, figsize=(0.75 * n_in + 1, 0.75 * n_out + 0.6),
-                             squeeze=False)
-    for (i, j), ax in zip([(i, j) for i in range(n_out) for j in range(n_in)], axes.flat,
-                          strict=True):
+    fig, axes = plt.subplots(
+        n_out, n_in, figsize=(0.75 * n_in + 1, 0.75 * n_out + 0.6), squeeze=False
+    )
+    for (i, j), ax in zip(
+        [(i, j) for i in range(n_out) for j in range(n_in)], axes.flat, strict=True
+    ):
         im = ax.imshow(w[i, j], cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -148,8 +170,7 @@ def show_feature_maps(maps: torch.Tensor, title: str, *, ncols: int = 10) -> Fig
     n = len(m)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.2 * nrows + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.2 * nrows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -193,8 +214,9 @@ def graph_layout(root: Any) -> dict[Any, tuple[int, int]]:
     return where
 
 
-def plot_autograd_graph(root: Any, label: Callable[[Any], str], *, title: str,
-                        figsize: tuple[float, float] = (10, 9)) -> Figure:
+def plot_autograd_graph(
+    root: Any, label: Callable[[Any], str], *, title: str, figsize: tuple[float, float] = (10, 9)
+) -> Figure:
     """Draw the autograd graph below ``root`` (``loss.grad_fn``): one box per node, named by
     ``label(node)``, arrows the way the gradient flows in ``backward``. Parameters
     (``AccumulateGrad`` nodes) are green, operations blue. Used in Part 3, §3.3."""
@@ -203,16 +225,28 @@ def plot_autograd_graph(root: Any, label: Callable[[Any], str], *, title: str,
     boxes = {}
     for node, (row, col) in where.items():
         color = "#d8f0d8" if hasattr(node, "variable") else "#dde6f5"
-        boxes[node] = ax.text(col * 3.3, -row, label(node).replace("  ", "\n"), ha="center",
-                              va="center", fontsize=8, bbox={"boxstyle": "round", "fc": color})
+        boxes[node] = ax.text(
+            col * 3.3,
+            -row,
+            label(node).replace("  ", "\n"),
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": color},
+        )
     for node, (_, col) in where.items():
         for kid, _ in node.next_functions:
             if kid is not None:
                 below = where[kid][1] == col
                 start, end = ((0.5, 0), (0.5, 1)) if below else ((1, 0.5), (0, 0.5))
-                ax.annotate("", xy=end, xycoords=boxes[kid], xytext=start,
-                            textcoords=boxes[node],
-                            arrowprops={"arrowstyle": "->", "color": "0.4"})
+                ax.annotate(
+                    "",
+                    xy=end,
+                    xycoords=boxes[kid],
+                    xytext=start,
+                    textcoords=boxes[node],
+                    arrowprops={"arrowstyle": "->", "color": "0.4"},
+                )
     rows = max(r for r, _ in where.values())
     cols = max(c for _, c in where.values())
     ax.set(xlim=(-1.8, cols * 3.3 + 1.4), ylim=(-rows - 0.6, 0.5))

@@ -83,8 +83,7 @@ def load_or_train(
     """
     recipe = get_recipe(recipe)
     device = pick_device(device)
-    path = Path(path) if path is not None else default_checkpoint_path(recipe, seed=seed,
-                                                                       root=root)
+    path = Path(path) if path is not None else default_checkpoint_path(recipe, seed=seed, root=root)
     with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             try:
@@ -94,9 +93,11 @@ def load_or_train(
                 print(f"{path} was trained differently; training again", file=sys.stderr)
             except CheckpointError as e:
                 print(f"cannot use the cached checkpoint ({e}); training again", file=sys.stderr)
-        run = train_model("net", recipe, seed=seed, device=device, progress=progress,
-                          verbose=False, root=root)
-        save_checkpoint(path, run.model, recipe=recipe, history=run.history, seed=seed,
-                        test=run.test)
+        run = train_model(
+            "net", recipe, seed=seed, device=device, progress=progress, verbose=False, root=root
+        )
+        save_checkpoint(
+            path, run.model, recipe=recipe, history=run.history, seed=seed, test=run.test
+        )
         meta = {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"}
         return run.model.to(device).eval(), meta

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -81,13 +81,23 @@ class Recipe:
     test_batch_size: int = 1000
     log_interval: int | None = None  # the example's "Train Epoch" lines every N batches
     gamma: float | None = None  # StepLR's factor per epoch (today's example: 0.7)
+    compile: bool = False  # torch.compile the model (see mnist_dissected.fastpath)
+    cuda_graph: bool = False  # capture the training step as one CUDA graph (NVIDIA GPUs)
 
 
 RECIPES: dict[str, Recipe] = {
-    "classic": Recipe("classic", batch_size=64, lr=0.01, momentum=0.5, epochs=10,
-                      log_interval=10),
-    "fast": Recipe("fast", batch_size=256, lr=0.01, epochs=3, optimizer="adam",
-                   schedule="onecycle", dropout=0.0, channels_last=True, data_path="tensors"),
+    "classic": Recipe("classic", batch_size=64, lr=0.01, momentum=0.5, epochs=10, log_interval=10),
+    "fast": Recipe(
+        "fast",
+        batch_size=256,
+        lr=0.01,
+        epochs=3,
+        optimizer="adam",
+        schedule="onecycle",
+        dropout=0.0,
+        channels_last=True,
+        data_path="tensors",
+    ),
 }
 
 
@@ -114,10 +124,12 @@ def make_optimizer(model: nn.Module, recipe: Recipe, *, steps_per_epoch: int):
     scheduler = None
     if recipe.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+            opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch
+        )
     elif recipe.schedule == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(
-            opt, step_size=steps_per_epoch, gamma=recipe.gamma if recipe.gamma else 0.7)
+            opt, step_size=steps_per_epoch, gamma=recipe.gamma if recipe.gamma else 0.7
+        )
     elif recipe.schedule is not None:
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
     return opt, scheduler
@@ -143,6 +155,7 @@ def train_epoch(
     progress: bool = True,
     log_interval: int | None = None,
     max_batches: int | None = None,
+    graphed_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
     """One pass over ``batches`` (or its first ``max_batches``); returns the training loss of
     every step.
@@ -158,25 +171,34 @@ def train_epoch(
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for step, (data, target) in enumerate(islice(bar, max_batches)):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)  # gradients add up otherwise
-        loss = loss_fn(model(data), target)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        if graphed_step is not None:  # the lines below, captured once as a CUDA graph (§4.11)
+            loss = graphed_step(data, target)
+        else:
+            optimizer.zero_grad(set_to_none=True)  # gradients add up otherwise
+            loss = loss_fn(model(data), target)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         losses.append(loss.detach())  # no .item() here: it would wait for the GPU every step
         if log_interval and step % log_interval == 0:
-            print(f"Train Epoch: {epoch} [{seen}/{n_total or '?'} "
-                  f"({100.0 * step / len(batches):.0f}%)]"
-                  f"\tLoss: {loss.item():.6f}")
+            print(
+                f"Train Epoch: {epoch} [{seen}/{n_total or '?'} "
+                f"({100.0 * step / len(batches):.0f}%)]"
+                f"\tLoss: {loss.item():.6f}"
+            )
         seen += len(data)
     return torch.stack(losses).tolist()
 
 
 @torch.no_grad()  # no graph: less memory, faster
-def evaluate(model: nn.Module, batches: Iterable, *,
-             device: torch.device | str | None = None,
-             max_batches: int | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    device: torch.device | str | None = None,
+    max_batches: int | None = None,
+) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` over ``batches`` (or their first ``max_batches``),
     in eval mode (dropout off). Dissected in Part 4, §4.2."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -197,8 +219,10 @@ def evaluate(model: nn.Module, batches: Iterable, *,
 def summary_line(loss: float, accuracy: float, n: int, *, split: str = "Test") -> str:
     """The example's summary line (``Test set: Average loss: ...``), for any split."""
     correct = round(accuracy * n)
-    return (f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} "
-            f"({100.0 * correct / n:.2f}%)")
+    return (
+        f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} "
+        f"({100.0 * correct / n:.2f}%)"
+    )
 
 
 def fit(
@@ -214,6 +238,7 @@ def fit(
     log_interval: int | None = None,
     verbose: bool = True,
     max_batches: int | None = None,
+    graphed_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` and score the validation batches after each (never the test set:
     that is scored once, at the end). Returns one record per epoch: ``epoch``, ``train_loss``
@@ -222,14 +247,30 @@ def fit(
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        steps = train_epoch(model, train_batches, optimizer, scheduler=scheduler, device=device,
-                            epoch=epoch, progress=progress, log_interval=log_interval,
-                            max_batches=max_batches)
+        steps = train_epoch(
+            model,
+            train_batches,
+            optimizer,
+            scheduler=scheduler,
+            device=device,
+            epoch=epoch,
+            progress=progress,
+            log_interval=log_interval,
+            max_batches=max_batches,
+            graphed_step=graphed_step,
+        )
         val_loss, accuracy = evaluate(model, val_batches, device=device, max_batches=max_batches)
         seconds = time.perf_counter() - start
-        history.append({"epoch": epoch, "train_loss": sum(steps) / len(steps),
-                        "step_losses": steps, "val_loss": val_loss,
-                        "val_accuracy": accuracy, "seconds": seconds})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": sum(steps) / len(steps),
+                "step_losses": steps,
+                "val_loss": val_loss,
+                "val_accuracy": accuracy,
+                "seconds": seconds,
+            }
+        )
         if verbose and max_batches is None and num_samples(val_batches):
             print(summary_line(val_loss, accuracy, num_samples(val_batches), split="Validation"))
     return history
@@ -244,8 +285,15 @@ class Batches(NamedTuple):
     test: Iterable
 
 
-def make_batches(recipe: Recipe, model_name: str = "net", *, device: torch.device | str = "cpu",
-                 seed: int = 1, root=None, root_given_as: str = "the root argument") -> Batches:
+def make_batches(
+    recipe: Recipe,
+    model_name: str = "net",
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 1,
+    root=None,
+    root_given_as: str = "the root argument",
+) -> Batches:
     """Training, validation and test batches as the recipe wants them: through the
     ``DataLoader`` or as in-memory tensors on ``device``; images padded to the model's input
     size (LeNet: 32). The validation split is the same for every seed."""
@@ -257,19 +305,70 @@ def make_batches(recipe: Recipe, model_name: str = "net", *, device: torch.devic
     if recipe.data_path == "loader":
         pin = torch.device(device).type == "cuda"
         return Batches(
-            make_loader(Subset(train_set, train_idx), recipe.batch_size, shuffle=True, seed=seed,
-                        pin_memory=pin),
+            make_loader(
+                Subset(train_set, train_idx),
+                recipe.batch_size,
+                shuffle=True,
+                seed=seed,
+                pin_memory=pin,
+            ),
             make_loader(Subset(train_set, val_idx), recipe.test_batch_size, pin_memory=pin),
-            make_loader(test_set, recipe.test_batch_size, pin_memory=pin))
+            make_loader(test_set, recipe.test_batch_size, pin_memory=pin),
+        )
     if recipe.data_path == "tensors":
         kw = dict(device=device, pad=pad, channels_last=recipe.channels_last)
         return Batches(
-            TensorBatches.from_dataset(train_set, indices=train_idx, batch_size=recipe.batch_size,
-                                       shuffle=True, seed=seed, **kw),
-            TensorBatches.from_dataset(train_set, indices=val_idx,
-                                       batch_size=recipe.test_batch_size, **kw),
-            TensorBatches.from_dataset(test_set, batch_size=recipe.test_batch_size, **kw))
+            TensorBatches.from_dataset(
+                train_set,
+                indices=train_idx,
+                batch_size=recipe.batch_size,
+                shuffle=True,
+                seed=seed,
+                drop_last=recipe.cuda_graph,  # a captured step takes one batch shape only
+                **kw,
+            ),
+            TensorBatches.from_dataset(
+                train_set, indices=val_idx, batch_size=recipe.test_batch_size, **kw
+            ),
+            TensorBatches.from_dataset(test_set, batch_size=recipe.test_batch_size, **kw),
+        )
     raise ValueError(f"unknown data path {recipe.data_path!r}")
+
+
+def speed_up(
+    model: MNISTModel, recipe: Recipe, train_batches: Any, *, dry_run: bool = False
+) -> tuple[nn.Module, Any]:
+    """The recipe's ``compile`` and ``cuda_graph`` options, each falling back to eager training
+    with a message where it cannot run. Returns the model to train (compiled or not) and the
+    captured step (or ``None``). Dissected in Part 4, §4.11."""
+    from . import fastpath
+
+    if not (recipe.compile or recipe.cuda_graph) or dry_run:
+        return model, None
+    device = next(model.parameters()).device
+    data, target = fastpath.sample_batch(train_batches, device)
+    if recipe.channels_last:
+        data = data.contiguous(memory_format=torch.channels_last)
+    loss_fn = loss_function(model)
+    trained = model
+    if recipe.compile:
+        trained, reason = fastpath.compile_model(model, data, target, loss_fn)
+        if reason:
+            fastpath.say(f"compile: {reason}; training without it")
+    if not recipe.cuda_graph:
+        return trained, None
+    reason = fastpath.cuda_graph_unavailable(data.device)
+    if reason is None and (recipe.optimizer, recipe.schedule) != ("adam", "onecycle"):
+        reason = "the captured step implements Adam with one-cycle (the fast recipe) only"
+    if reason is not None:
+        fastpath.say(f"cuda_graph: {reason}; training eagerly")
+        return trained, None
+    total = recipe.epochs * len(train_batches)
+    table = fastpath.TableAdam(
+        model.parameters(), fastpath.onecycle_table(recipe.lr, total), capturable=True
+    )
+    step = fastpath.GraphedTrainStep(trained, loss_fn, table, data, target)
+    return trained, step
 
 
 class Trained(NamedTuple):
@@ -310,24 +409,34 @@ def train_model(
     model = model_class(model_name).for_recipe(recipe).to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batches = make_batches(recipe, model_name, device=device, seed=seed, root=root,
-                           root_given_as=root_given_as)
+    batches = make_batches(
+        recipe, model_name, device=device, seed=seed, root=root, root_given_as=root_given_as
+    )
     optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=len(batches.train))
+    trained, graphed_step = speed_up(model, recipe, batches.train, dry_run=dry_run)
+    if graphed_step is not None:
+        optimizer, scheduler = graphed_step.optimizer, None
     limit = 1 if dry_run else None
-    history = fit(model, batches.train, batches.val, optimizer, scheduler=scheduler,
-                  epochs=1 if dry_run else recipe.epochs, device=device, progress=progress,
-                  log_interval=log_interval if log_interval is not None else recipe.log_interval,
-                  verbose=verbose, max_batches=limit)
+    history = fit(
+        trained,
+        batches.train,
+        batches.val,
+        optimizer,
+        scheduler=scheduler,
+        epochs=1 if dry_run else recipe.epochs,
+        device=device,
+        progress=progress,
+        log_interval=log_interval if log_interval is not None else recipe.log_interval,
+        verbose=verbose,
+        max_batches=limit,
+        graphed_step=graphed_step,
+    )
     test_loss, test_accuracy = evaluate(model, batches.test, device=device, max_batches=limit)
     n_test = num_samples(batches.test)
     if dry_run:
         n_test = min(n_test, recipe.test_batch_size)
     if verbose:
         print(summary_line(test_loss, test_accuracy, n_test))
-    return Trained(model, history, recipe,
-                   {"loss": test_loss, "accuracy": test_accuracy, "n": n_test})
-
-
-def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain data (for checkpoints, which ``weights_only`` loading can read)."""
-    return asdict(recipe)
+    return Trained(
+        model, history, recipe, {"loss": test_loss, "accuracy": test_accuracy, "n": n_test}
+    )

@@ -17,10 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def saved(tmp_path):
     torch.manual_seed(0)
     net = Net()
-    history = [{"epoch": 1, "train_loss": 0.5, "step_losses": [0.7, 0.3], "val_loss": 0.1,
-                "val_accuracy": 0.97, "seconds": 1.5}]
-    path = C.save_checkpoint(tmp_path / "net.pt", net, recipe=RECIPES["fast"], history=history,
-                             seed=7)
+    history = [
+        {
+            "epoch": 1,
+            "train_loss": 0.5,
+            "step_losses": [0.7, 0.3],
+            "val_loss": 0.1,
+            "val_accuracy": 0.97,
+            "seconds": 1.5,
+        }
+    ]
+    path = C.save_checkpoint(
+        tmp_path / "net.pt", net, recipe=RECIPES["fast"], history=history, seed=7
+    )
     return net, path
 
 
@@ -109,16 +118,19 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path, wrap):
         assert marker.exists(), "sanity: the exploit does run when unpickled unsafely"
 
 
-@pytest.mark.parametrize("damage, complaint", [
-    (lambda p: p.update(model_kwargs={"dropout": 0.5, "width": 3}), "do not build a Net"),
-    (lambda p: p.update(model_kwargs=["dropout"]), "not a dict of arguments"),
-    (lambda p: p.update(model_kwargs={"dropout": "half"}), "do not build a Net"),
-    (lambda p: p.pop("state_dict"), "no state_dict"),
-    (lambda p: p.update(state_dict=[1, 2]), "no state_dict"),
-    (lambda p: p.update(state_dict={"fc1.weight": "x"}), "no state_dict"),
-    (lambda p: p.update(architecture=None), "not a name"),
-    (lambda p: p.update(architecture="ResNet"), "unknown architecture"),
-])
+@pytest.mark.parametrize(
+    "damage, complaint",
+    [
+        (lambda p: p.update(model_kwargs={"dropout": 0.5, "width": 3}), "do not build a Net"),
+        (lambda p: p.update(model_kwargs=["dropout"]), "not a dict of arguments"),
+        (lambda p: p.update(model_kwargs={"dropout": "half"}), "do not build a Net"),
+        (lambda p: p.pop("state_dict"), "no state_dict"),
+        (lambda p: p.update(state_dict=[1, 2]), "no state_dict"),
+        (lambda p: p.update(state_dict={"fc1.weight": "x"}), "no state_dict"),
+        (lambda p: p.update(architecture=None), "not a name"),
+        (lambda p: p.update(architecture="ResNet"), "unknown architecture"),
+    ],
+)
 def test_malformed_metadata_is_a_checkpoint_error(saved, tmp_path, damage, complaint):
     _, path = saved
     payload = torch.load(path, weights_only=True)

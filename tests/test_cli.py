@@ -16,23 +16,26 @@ from mnist_dissected.train import Trained
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("args, complaint", [
-    (["train", "--batch-size", "0"], "must be at least 1"),
-    (["train", "--epochs", "two"], "not an integer"),
-    (["train", "--lr", "-0.1"], "must be a positive number"),
-    (["train", "--lr", "nan"], "must be a positive number"),
-    (["train", "--momentum", "1.5"], "must be in [0, 1)"),
-    (["train", "--model", "resnet"], "invalid choice"),
-    (["train", "--recipe", "slow"], "invalid choice"),
-    (["fly"], "invalid choice"),
-    (["train", "--seed", "-1"], "must be in 0 .. 4294967295"),
-    (["train", "--seed", str(2**32)], "must be in 0 .. 4294967295"),
-    (["train", "--gamma", "0"], "must be in (0, 1]"),
-    (["train", "--device", "meta"], "cannot train a model; use one of cpu, cuda, cuda:N, mps"),
-    (["train", "--device", "banana"], "is not a device"),
-    (["train", "--device", "cuda", "--no-cuda"], "contradict"),
-    (["train", "--recipe", "fast", "--gamma", "0.7"], "the fast recipe has its own (onecycle)"),
-])
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["train", "--batch-size", "0"], "must be at least 1"),
+        (["train", "--epochs", "two"], "not an integer"),
+        (["train", "--lr", "-0.1"], "must be a positive number"),
+        (["train", "--lr", "nan"], "must be a positive number"),
+        (["train", "--momentum", "1.5"], "must be in [0, 1)"),
+        (["train", "--model", "resnet"], "invalid choice"),
+        (["train", "--recipe", "slow"], "invalid choice"),
+        (["fly"], "invalid choice"),
+        (["train", "--seed", "-1"], "must be in 0 .. 4294967295"),
+        (["train", "--seed", str(2**32)], "must be in 0 .. 4294967295"),
+        (["train", "--gamma", "0"], "must be in (0, 1]"),
+        (["train", "--device", "meta"], "cannot train a model; use one of cpu, cuda, cuda:N, mps"),
+        (["train", "--device", "banana"], "is not a device"),
+        (["train", "--device", "cuda", "--no-cuda"], "contradict"),
+        (["train", "--recipe", "fast", "--gamma", "0.7"], "the fast recipe has its own (onecycle)"),
+    ],
+)
 def test_bad_flag_values_are_usage_errors(args, complaint, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(args)
@@ -42,8 +45,12 @@ def test_bad_flag_values_are_usage_errors(args, complaint, capsys):
 
 
 def test_bad_flag_from_the_shell_prints_usage_not_a_traceback():
-    result = subprocess.run([sys.executable, "-m", "mnist_dissected", "train", "--epochs", "0"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_dissected", "train", "--epochs", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and "usage:" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -56,34 +63,80 @@ def test_flags_reach_the_training(monkeypatch, tmp_path, capsys):
         return Trained(torch.nn.Linear(1, 1), [], recipe, {})
 
     monkeypatch.setattr("mnist_dissected.train.train_model", fake_train_model)
-    monkeypatch.setattr("mnist_dissected.checkpoint.save_checkpoint",
-                        lambda path, *a, **k: Path(path))
-    status = cli.main(["train", "--model", "lenet", "--recipe", "classic", "--batch-size", "32",
-                       "--test-batch-size", "500", "--epochs", "2", "--lr", "0.05",
-                       "--momentum", "0.9", "--seed", "3", "--log-interval", "5",
-                       "--device", "cpu", "--save-model", str(tmp_path / "m.pt")])
+    monkeypatch.setattr(
+        "mnist_dissected.checkpoint.save_checkpoint", lambda path, *a, **k: Path(path)
+    )
+    status = cli.main(
+        [
+            "train",
+            "--model",
+            "lenet",
+            "--recipe",
+            "classic",
+            "--batch-size",
+            "32",
+            "--test-batch-size",
+            "500",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.05",
+            "--momentum",
+            "0.9",
+            "--seed",
+            "3",
+            "--log-interval",
+            "5",
+            "--device",
+            "cpu",
+            "--save-model",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert status == 0
     recipe = seen["recipe"]
     assert seen["model"] == "lenet" and recipe.name == "classic"
     assert (recipe.batch_size, recipe.test_batch_size, recipe.epochs) == (32, 500, 2)
-    assert (recipe.lr, recipe.momentum, seen["seed"], seen["log_interval"]) == \
-        (0.05, 0.9, 3, 5)
+    assert (recipe.lr, recipe.momentum, seen["seed"], seen["log_interval"]) == (0.05, 0.9, 3, 5)
     assert "Saved" in capsys.readouterr().out
 
 
 def test_missing_data_is_a_message_not_a_traceback(tmp_path):
-    env = {**os.environ, "MNIST_DISSECTED_DATA": str(tmp_path),
-           # any proxy that cannot be reached: the download fails quickly, as offline
-           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "mnist_dissected", "train", "--epochs", "1",
-                             "--device", "cpu"], capture_output=True, text=True, cwd=ROOT,
-                            env=env, timeout=120)
+    env = {
+        **os.environ,
+        "MNIST_DISSECTED_DATA": str(tmp_path),
+        # any proxy that cannot be reached: the download fails quickly, as offline
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_dissected", "train", "--epochs", "1", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "MNIST files not found" in result.stderr and "MNIST_DISSECTED_DATA" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "mnist_dissected", "train", "--dry-run",
-                             "--data", str(tmp_path / "typo")], capture_output=True, text=True,
-                            cwd=ROOT, env=env, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_dissected",
+            "train",
+            "--dry-run",
+            "--data",
+            str(tmp_path / "typo"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert "(from --data)" in result.stderr and not (tmp_path / "typo").exists()
     assert "Traceback" not in result.stderr
 
@@ -106,9 +159,14 @@ def test_mps_where_there_is_none_is_one_line_not_a_backend_listing(capsys):
     assert "MPS is not available here" in last and len(last) < 200
 
 
-@pytest.mark.parametrize("flags", [
-    ["--no-cuda"], ["--no-mps"], ["--no-accel"],  # d8dd8ca^ and today's example
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--no-cuda"],
+        ["--no-mps"],
+        ["--no-accel"],  # d8dd8ca^ and today's example
+    ],
+)
 def test_the_examples_device_flags_pick_the_cpu(flags):
     args = cli.build_parser().parse_args(["train", *flags])
     assert cli.parse_device(args.device, no_accel=args.no_accel) == torch.device("cpu")
@@ -128,15 +186,21 @@ def test_unknown_flag_shows_the_train_usage(capsys):
     assert "usage: python -m mnist_dissected train" in err
 
 
-@pytest.mark.parametrize("make, complaint", [
-    (lambda tmp: tmp, "is a folder"),
-    (lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt" / "m.pt",
-     "it is a file, not a folder"),
-])
-def test_bad_save_path_is_refused_before_training(tmp_path, monkeypatch, capsys, make,
-                                                  complaint):
-    monkeypatch.setattr("mnist_dissected.train.train_model",
-                        lambda *a, **k: pytest.fail("trained despite a bad --save-model"))
+@pytest.mark.parametrize(
+    "make, complaint",
+    [
+        (lambda tmp: tmp, "is a folder"),
+        (
+            lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt" / "m.pt",
+            "it is a file, not a folder",
+        ),
+    ],
+)
+def test_bad_save_path_is_refused_before_training(tmp_path, monkeypatch, capsys, make, complaint):
+    monkeypatch.setattr(
+        "mnist_dissected.train.train_model",
+        lambda *a, **k: pytest.fail("trained despite a bad --save-model"),
+    )
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--device", "cpu", "--save-model", str(make(tmp_path))])
     assert exit_.value.code == 2 and complaint in capsys.readouterr().err
@@ -144,8 +208,21 @@ def test_bad_save_path_is_refused_before_training(tmp_path, monkeypatch, capsys,
 
 def test_missing_save_folder_is_announced_then_created(tmp_path, capsys):
     target = tmp_path / "new" / "deeper" / "m.pt"
-    assert cli.main(["train", "--recipe", "fast", "--dry-run", "--device", "cpu",
-                     "--save-model", str(target)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--recipe",
+                "fast",
+                "--dry-run",
+                "--device",
+                "cpu",
+                "--save-model",
+                str(target),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"the folder {target.parent} will be created" in out and target.is_file()
 
@@ -154,8 +231,22 @@ def test_dry_run_end_to_end_from_the_shell(tmp_path):
     """The real command, start to finish: one batch of training, one of testing, a checkpoint."""
     target = tmp_path / "m.pt"
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_dissected", "train", "--dry-run", "--device", "cpu",
-         "--save-model", str(target)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mnist_dissected",
+            "train",
+            "--dry-run",
+            "--device",
+            "cpu",
+            "--save-model",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "Training net with the classic recipe on cpu"

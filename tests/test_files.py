@@ -57,8 +57,9 @@ def test_a_write_in_progress_elsewhere_is_left_alone(tmp_path):
             print("writing", flush=True)
             sys.stdin.readline()  # hold the write open until told
     """)
-    writer = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "writing"
         assert remove_stale_temporaries(path) == [] and len(temporaries_of(path)) == 1

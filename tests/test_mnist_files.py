@@ -118,15 +118,24 @@ def damaged_gz(damage: str) -> bytes:
     if damage == "html page":
         return b"<!DOCTYPE html><html><body>mirror error page</body></html>"
     if damage == "git lfs pointer":
-        return (b"version https://git-lfs.github.com/spec/v1\noid sha256:ff7bcfd416de33731a"
-                b"308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2\nsize 4542\n")
+        return (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:ff7bcfd416de33731a"
+            b"308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2\nsize 4542\n"
+        )
     if damage == "empty":
         return b""
     raise AssertionError(damage)
 
 
-DAMAGES = ["wrong content", "truncated", "crc", "deflate damaged in the middle", "html page",
-           "git lfs pointer", "empty"]
+DAMAGES = [
+    "wrong content",
+    "truncated",
+    "crc",
+    "deflate damaged in the middle",
+    "html page",
+    "git lfs pointer",
+    "empty",
+]
 
 
 def test_damage_in_the_middle_of_the_deflate_stream_is_what_zlib_rejects():
@@ -135,8 +144,7 @@ def test_damage_in_the_middle_of_the_deflate_stream_is_what_zlib_rejects():
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_corrupt_or_truncated_gz_is_named_with_its_checksum_and_kept(tmp_path, no_download,
-                                                                    damage):
+def test_corrupt_or_truncated_gz_is_named_with_its_checksum_and_kept(tmp_path, no_download, damage):
     name = NAME
     copy_shipped(tmp_path, *F.RESOURCES)
     gz = tmp_path / f"{name}.gz"

@@ -11,10 +11,14 @@ def test_net_is_the_pytorch_example_network():
     net = Net()
     assert count_parameters(net) == 21_840
     assert [(n, tuple(p.shape)) for n, p in net.named_parameters()] == [
-        ("conv1.weight", (10, 1, 5, 5)), ("conv1.bias", (10,)),
-        ("conv2.weight", (20, 10, 5, 5)), ("conv2.bias", (20,)),
-        ("fc1.weight", (50, 320)), ("fc1.bias", (50,)),
-        ("fc2.weight", (10, 50)), ("fc2.bias", (10,)),
+        ("conv1.weight", (10, 1, 5, 5)),
+        ("conv1.bias", (10,)),
+        ("conv2.weight", (20, 10, 5, 5)),
+        ("conv2.bias", (20,)),
+        ("fc1.weight", (50, 320)),
+        ("fc1.bias", (50,)),
+        ("fc2.weight", (10, 50)),
+        ("fc2.bias", (10,)),
     ]
     assert isinstance(net.conv2_drop, nn.Dropout2d) and net.conv2_drop.p == 0.5
 
@@ -23,8 +27,18 @@ def test_lenet_is_the_blitz_network():
     lenet = LeNet()
     assert count_parameters(lenet) == 61_706
     shapes = [tuple(p.shape) for p in lenet.parameters()]
-    assert shapes == [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,),
-                      (84, 120), (84,), (10, 84), (10,)]
+    assert shapes == [
+        (6, 1, 5, 5),
+        (6,),
+        (16, 6, 5, 5),
+        (16,),
+        (120, 400),
+        (120,),
+        (84, 120),
+        (84,),
+        (10, 84),
+        (10,),
+    ]
 
 
 def test_net_outputs_log_probabilities():
@@ -63,14 +77,17 @@ def test_lenet_on_28x28_says_to_pad_by_2():
     assert LeNet()(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("shape, hint", [
-    ((1, 28, 28), r"without a batch dimension.*unsqueeze\(0\)"),
-    ((28, 28), r"unsqueeze\(0\)\.unsqueeze\(0\)"),
-    ((8, 28, 28), r"without a channel dimension.*unsqueeze\(1\)"),
-    ((2, 3, 28, 28), r"1 channel.*got 3"),
-    ((2, 1, 32, 32), r"28 x 28 images, got 32 x 32"),
-    ((1, 1, 1, 28, 28), r"4-D"),
-])
+@pytest.mark.parametrize(
+    "shape, hint",
+    [
+        ((1, 28, 28), r"without a batch dimension.*unsqueeze\(0\)"),
+        ((28, 28), r"unsqueeze\(0\)\.unsqueeze\(0\)"),
+        ((8, 28, 28), r"without a channel dimension.*unsqueeze\(1\)"),
+        ((2, 3, 28, 28), r"1 channel.*got 3"),
+        ((2, 1, 32, 32), r"28 x 28 images, got 32 x 32"),
+        ((1, 1, 1, 28, 28), r"4-D"),
+    ],
+)
 def test_wrong_input_shapes_get_clear_errors(shape, hint):
     with pytest.raises(ValueError, match=hint):
         Net()(torch.zeros(shape))

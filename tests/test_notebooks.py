@@ -19,7 +19,11 @@ PARTS = {
     3: ("3_mnist_backprop", "Autograd and backpropagation"),
     4: ("4_mnist_train", "Training"),
     5: ("5_mnist_visualize", "Visualizing the results"),
+    6: ("6_mnist_distributed", "Scaling out with DistributedDataParallel"),
 }
+#: One part, one module: the notebook links to it, its docstrings point back to the notebook.
+MODULE_OF_PART = {1: "data", 2: "models", 3: "backprop", 4: "train", 5: "plots", 6: "distributed"}
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 def repo_url() -> str:
@@ -56,7 +60,7 @@ def source(cell: dict) -> str:
     return "".join(cell["source"])
 
 
-def test_all_five_parts_exist():
+def test_all_six_parts_exist():
     assert [p.stem for p in NOTEBOOKS] == [stem for stem, _ in PARTS.values()]
 
 
@@ -86,8 +90,13 @@ def test_first_code_cell_is_the_colab_setup(notebook):
 def test_sections_are_numbered_in_order(notebook):
     path, nb = notebook
     n = int(path.stem[0])
-    headings = [line for c in nb["cells"] if c["cell_type"] == "markdown"
-                for line in source(c).splitlines() if line.startswith("## ")]
+    headings = [
+        line
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown"
+        for line in source(c).splitlines()
+        if line.startswith("## ")
+    ]
     numbered = [int(m.group(1)) for h in headings if (m := re.match(rf"## {n}\.(\d+) ", h))]
     assert len(numbered) >= 3, "sections are numbered N.1, N.2, ..."
     assert numbered == list(range(1, len(numbered) + 1))
@@ -99,18 +108,45 @@ def test_every_solution_is_executed(notebook):
     _, nb = notebook
     markdown = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
     code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
-    solutions = [block for details in re.findall(r"<details>(.*?)</details>", markdown, re.S)
-                 for block in re.findall(r"```python\n(.*?)```", details, re.S)]
+    solutions = [
+        block
+        for details in re.findall(r"<details>(.*?)</details>", markdown, re.S)
+        for block in re.findall(r"```python\n(.*?)```", details, re.S)
+    ]
     assert len(solutions) >= 3, "3-5 exercises, each with a worked solution"
     for block in solutions:
         assert block.strip() in code, f"solution not executed in any code cell:\n{block}"
 
 
+def test_opening_in_jupyterlab_does_not_change_the_kernelspec(notebook):
+    """JupyterLab rewrites a kernelspec that differs from ipykernel's: the file would change."""
+    _, nb = notebook
+    assert nb["metadata"]["kernelspec"] == KERNELSPEC
+
+
+def test_links_to_its_module_and_shows_code_with_show_source(notebook):
+    path, nb = notebook
+    module = MODULE_OF_PART[int(path.stem[0])]
+    markdown = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
+    assert f"(../mnist_dissected/{module}.py)" in markdown
+    assert "inspect.getsource" not in code, "show the package's code with show_source"
+    assert "os.environ[" not in code, "nothing a notebook does may leak into the process"
+
+
+def test_figures_show_whatever_mplbackend_says(notebook):
+    """MPLBACKEND=agg would swallow every figure; the inline backend, asked for, shows them."""
+    _, nb = notebook
+    code = [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code[1].startswith("%matplotlib inline"), "the imports cell asks for inline figures"
+
+
 def test_committed_executed_top_to_bottom(notebook):
     _, nb = notebook
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
-    counts = [c["execution_count"] for c in nb["cells"]
-              if c["cell_type"] == "code" and source(c).strip()]
+    counts = [
+        c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code" and source(c).strip()
+    ]
     assert counts == list(range(1, len(counts) + 1)), "run the notebook top to bottom, then commit"
 
 
@@ -118,3 +154,35 @@ def test_readme_badges_agree():
     readme = (ROOT / "README.md").read_text()
     for stem, _ in PARTS.values():
         assert f"({colab_url(stem)})" in readme
+
+
+def test_docstring_pointers_name_sections_that_exist():
+    """'Dissected in Part 3, §3.5' in the package must point at a real heading."""
+    headings = {}
+    for path in NOTEBOOKS:
+        nb = load(path)
+        headings[int(path.stem[0])] = {
+            m.group(1)
+            for c in nb["cells"]
+            if c["cell_type"] == "markdown"
+            for m in re.finditer(r"^## (\d+\.[\dA-Z]+) ", source(c), re.M)
+        }
+    pointers = 0
+    for module in sorted((ROOT / "mnist_dissected").glob("*.py")):
+        text = " ".join(module.read_text().split())
+        for part, sections in re.findall(
+            r"Part (\d), ((?:§[\dA-Z.]*[\dA-Z](?:,? (?:and )?)?)+)", text
+        ):
+            for section in re.findall(r"§([\dA-Z.]*[\dA-Z])", sections):
+                pointers += 1
+                assert section.startswith(f"{part}."), f"{module.name}: Part {part}, §{section}"
+                assert section in headings.get(int(part), set()), (
+                    f"{module.name} points at Part {part}, §{section}: no such section"
+                )
+    assert pointers >= 30
+
+
+def test_every_part_module_points_back_to_its_notebook():
+    for part, module in MODULE_OF_PART.items():
+        text = (ROOT / "mnist_dissected" / f"{module}.py").read_text()
+        assert f"notebooks/{PARTS[part][0]}.ipynb" in text, module

@@ -30,8 +30,12 @@ def test_the_key_covers_every_recipe_field_and_the_seed():
     keys = {P.recipe_key(fast, 1), P.recipe_key(fast, 2)}
     for field in dataclasses.fields(fast):
         value = getattr(fast, field.name)
-        other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 0.25,
-                 str: lambda v: v + "x"}.get(type(value), lambda v: 0.5)(value)
+        other = {
+            bool: lambda v: not v,
+            int: lambda v: v + 1,
+            float: lambda v: v + 0.25,
+            str: lambda v: v + "x",
+        }.get(type(value), lambda v: 0.5)(value)
         keys.add(P.recipe_key(dataclasses.replace(fast, **{field.name: other}), 1))
     assert len(keys) == 2 + len(dataclasses.fields(fast))
 
@@ -41,8 +45,12 @@ def fake_training(monkeypatch, calls):
         calls.append(seed)
         torch.manual_seed(seed)
         model = Net(dropout=0.0).to(device)
-        return Trained(model, [{"epoch": 1, "val_accuracy": 0.99}], recipe,
-                       {"loss": 0.03, "accuracy": 0.99, "n": 10000})
+        return Trained(
+            model,
+            [{"epoch": 1, "val_accuracy": 0.99}],
+            recipe,
+            {"loss": 0.03, "accuracy": 0.99, "n": 10000},
+        )
 
     monkeypatch.setattr(P, "train_model", train_model)
 
@@ -112,8 +120,10 @@ def test_two_processes_at_once_share_one_training(tmp_path):
         print(float(model.fc2.weight.sum()))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1]

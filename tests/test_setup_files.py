@@ -47,8 +47,9 @@ def test_readme_quick_start_has_exactly_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", quick, re.S)
-    commands = [line for b in blocks for line in b.splitlines()
-                if line.strip() and not line.startswith("#")]
+    commands = [
+        line for b in blocks for line in b.splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert commands == ["make lab", "make test"]
 
 

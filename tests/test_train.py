@@ -24,12 +24,14 @@ def run(small, recipe, seed=1, channels_last=False):
     model = Net(dropout=recipe.dropout)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batches = TensorBatches.from_dataset(small[0], batch_size=recipe.batch_size, shuffle=True,
-                                         seed=seed, channels_last=channels_last)
+    batches = TensorBatches.from_dataset(
+        small[0], batch_size=recipe.batch_size, shuffle=True, seed=seed, channels_last=channels_last
+    )
     tests = TensorBatches.from_dataset(small[1], batch_size=500)
     opt, sched = T.make_optimizer(model, recipe, steps_per_epoch=len(batches))
-    history = T.fit(model, batches, tests, opt, scheduler=sched, epochs=1, progress=False,
-                    verbose=False)
+    history = T.fit(
+        model, batches, tests, opt, scheduler=sched, epochs=1, progress=False, verbose=False
+    )
     return model, history
 
 
@@ -79,7 +81,9 @@ def test_evaluate_uses_eval_mode_and_no_graph(small):
     seen = []
     model.register_forward_hook(
         lambda module, inputs, output: seen.append(
-            (module.training, torch.is_grad_enabled(), output.grad_fn)))
+            (module.training, torch.is_grad_enabled(), output.grad_fn)
+        )
+    )
     T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
     assert not model.training
     assert seen == [(False, False, None)] * 2, "eval mode, autograd off, no graph recorded"
@@ -100,15 +104,21 @@ def test_train_epoch_logs_like_the_example(small, capsys):
 
 
 def test_summary_line_is_the_examples():
-    assert T.summary_line(0.02281, 0.9926, 10_000) == \
-        "Test set: Average loss: 0.0228, Accuracy: 9926/10000 (99.26%)"
+    assert (
+        T.summary_line(0.02281, 0.9926, 10_000)
+        == "Test set: Average loss: 0.0228, Accuracy: 9926/10000 (99.26%)"
+    )
     assert T.summary_line(0.1, 0.5, 10, split="Validation").startswith("Validation set: ")
 
 
 def test_recipes():
     classic, fast = T.RECIPES["classic"], T.RECIPES["fast"]
-    assert (classic.optimizer, classic.lr, classic.momentum, classic.batch_size) == \
-        ("sgd", 0.01, 0.5, 64)
+    assert (classic.optimizer, classic.lr, classic.momentum, classic.batch_size) == (
+        "sgd",
+        0.01,
+        0.5,
+        64,
+    )
     assert classic.dropout == 0.5 and classic.data_path == "loader"
     assert fast.epochs <= 3 and fast.data_path == "tensors"
     assert T.get_recipe("classic", lr=0.1, epochs=None).lr == 0.1
@@ -118,8 +128,10 @@ def test_recipes():
     assert isinstance(opt, torch.optim.Adam) and sched.total_steps == 30
 
 
-@pytest.mark.parametrize("cuda, mps, expected", [
-    (True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+@pytest.mark.parametrize(
+    "cuda, mps, expected",
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
 def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
     monkeypatch.delenv(T.DEVICE_ENV_VAR, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -151,12 +163,19 @@ def test_dry_run_trains_one_batch_and_tests_one(capsys):
 
 def test_train_model_scores_validation_per_epoch_and_test_once(monkeypatch, small):
     def tiny(n, *, batch_size, shuffle=False):
-        return TensorBatches.from_dataset(small[1], indices=torch.arange(n),
-                                          batch_size=batch_size, shuffle=shuffle)
+        return TensorBatches.from_dataset(
+            small[1], indices=torch.arange(n), batch_size=batch_size, shuffle=shuffle
+        )
 
-    monkeypatch.setattr(T, "make_batches", lambda recipe, name, **kw: T.Batches(
-        tiny(512, batch_size=256, shuffle=True), tiny(300, batch_size=100),
-        tiny(700, batch_size=100)))
+    monkeypatch.setattr(
+        T,
+        "make_batches",
+        lambda recipe, name, **kw: T.Batches(
+            tiny(512, batch_size=256, shuffle=True),
+            tiny(300, batch_size=100),
+            tiny(700, batch_size=100),
+        ),
+    )
     scored = []
     real_evaluate = T.evaluate
 
@@ -165,8 +184,9 @@ def test_train_model_scores_validation_per_epoch_and_test_once(monkeypatch, smal
         return real_evaluate(model, batches, **kwargs)
 
     monkeypatch.setattr(T, "evaluate", spy)
-    run = T.train_model("net", T.get_recipe("fast", epochs=2), progress=False, verbose=False,
-                        device="cpu")
+    run = T.train_model(
+        "net", T.get_recipe("fast", epochs=2), progress=False, verbose=False, device="cpu"
+    )
     assert scored == [300, 300, 700], "validation each epoch, the test set once at the end"
     assert run.test["n"] == 700
     assert set(run.history[0]) >= {"val_loss", "val_accuracy"}
