@@ -313,6 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MNISTNotFoundError, CorruptDataError, DataWriteError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # distributed.WorldError: the processes could not form a world
+        if type(e).__name__ != "WorldError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

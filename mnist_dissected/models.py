@@ -173,6 +173,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def loss_function(model: nn.Module):
     """The loss that matches the model's output: NLL for log-probabilities, cross-entropy
-    (log_softmax + NLL in one) for raw scores. Dissected in Part 3, §3.11."""
+    (log_softmax + NLL in one) for raw scores. Dissected in Part 3, §3.13."""
     model = getattr(model, "module", model)  # the model inside DistributedDataParallel
     return F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy

@@ -219,7 +219,7 @@ def plot_autograd_graph(
 ) -> Figure:
     """Draw the autograd graph below ``root`` (``loss.grad_fn``): one box per node, named by
     ``label(node)``, arrows the way the gradient flows in ``backward``. Parameters
-    (``AccumulateGrad`` nodes) are green, operations blue. Used in Part 3, §3.3."""
+    (``AccumulateGrad`` nodes) are green, operations blue. Used in Part 3, §3.4."""
     where = graph_layout(root)
     fig, ax = plt.subplots(figsize=figsize)
     boxes = {}

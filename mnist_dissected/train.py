@@ -136,8 +136,14 @@ def make_optimizer(model: nn.Module, recipe: Recipe, *, steps_per_epoch: int):
 
 
 def num_samples(batches: Iterable) -> int | None:
-    """How many samples a ``DataLoader`` or :class:`TensorBatches` holds (for the example's
-    progress lines); ``None`` for other iterables."""
+    """How many samples a ``DataLoader`` or :class:`TensorBatches` yields per epoch (for the
+    example's progress lines): under DDP a rank's share (Part 6); ``None`` for other iterables.
+    """
+    if hasattr(batches, "num_samples"):  # distributed.ShardedBatches
+        return batches.num_samples
+    sampler = getattr(batches, "sampler", None)
+    if type(sampler).__name__ == "DistributedSampler":
+        return len(sampler)
     for holder in ("dataset", "targets"):
         if hasattr(batches, holder):
             return len(getattr(batches, holder))
@@ -243,7 +249,7 @@ def fit(
     """Train for ``epochs`` and score the validation batches after each (never the test set:
     that is scored once, at the end). Returns one record per epoch: ``epoch``, ``train_loss``
     (mean), ``step_losses``, ``val_loss``, ``val_accuracy``, ``seconds`` (training and
-    validation). Dissected in Part 4, §4.4."""
+    validation) and ``train_seconds`` (training alone). Dissected in Part 4, §4.4."""
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -259,6 +265,7 @@ def fit(
             max_batches=max_batches,
             graphed_step=graphed_step,
         )
+        train_seconds = time.perf_counter() - start  # train_epoch waited for the device
         val_loss, accuracy = evaluate(model, val_batches, device=device, max_batches=max_batches)
         seconds = time.perf_counter() - start
         history.append(
@@ -269,6 +276,7 @@ def fit(
                 "val_loss": val_loss,
                 "val_accuracy": accuracy,
                 "seconds": seconds,
+                "train_seconds": train_seconds,
             }
         )
         if verbose and max_batches is None and num_samples(val_batches):
@@ -373,13 +381,14 @@ def speed_up(
 
 class Trained(NamedTuple):
     """What :func:`train_model` returns: the model (on its device, in eval mode), its
-    per-epoch history, the recipe used, and the one test score: ``{"loss", "accuracy", "n"}``.
-    """
+    per-epoch history, the recipe used, the one test score (``{"loss", "accuracy", "n"}``),
+    and the seconds spent compiling or capturing before the first step (0 when eager)."""
 
     model: MNISTModel
     history: list[dict[str, Any]]
     recipe: Recipe
     test: dict[str, float]
+    setup_s: float = 0.0
 
 
 def train_model(
@@ -413,7 +422,9 @@ def train_model(
         recipe, model_name, device=device, seed=seed, root=root, root_given_as=root_given_as
     )
     optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=len(batches.train))
+    start = time.perf_counter()
     trained, graphed_step = speed_up(model, recipe, batches.train, dry_run=dry_run)
+    setup_s = time.perf_counter() - start
     if graphed_step is not None:
         optimizer, scheduler = graphed_step.optimizer, None
     limit = 1 if dry_run else None
@@ -437,6 +448,5 @@ def train_model(
         n_test = min(n_test, recipe.test_batch_size)
     if verbose:
         print(summary_line(test_loss, test_accuracy, n_test))
-    return Trained(
-        model, history, recipe, {"loss": test_loss, "accuracy": test_accuracy, "n": n_test}
-    )
+    test = {"loss": test_loss, "accuracy": test_accuracy, "n": n_test}
+    return Trained(model.eval(), history, recipe, test, setup_s)
