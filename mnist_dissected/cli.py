@@ -263,25 +263,23 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         save_path, note = check_save_path(args.save_model) if args.save_model else (None, None)
     except ValueError as e:
         parser.error(str(e))
+    options = {
+        "seed": args.seed,
+        "progress": args.progress,
+        "log_interval": args.log_interval,
+        "verbose": True,
+        "root": args.data,
+        "root_given_as": "--data",
+        "dry_run": args.dry_run,
+    }
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: one process of several
         from .distributed import run_train_cli
 
-        return run_train_cli(args, recipe=recipe, device=device, save_path=save_path)
+        return run_train_cli(args.model, recipe, device=device, save_path=save_path, **options)
     if note:
         print(note)
     print(f"Training {args.model} with the {args.recipe} recipe on {device}")
-    run = train_model(
-        args.model,
-        recipe,
-        seed=args.seed,
-        device=device,
-        progress=args.progress,
-        log_interval=args.log_interval,
-        verbose=True,
-        root=args.data,
-        root_given_as="--data",
-        dry_run=args.dry_run,
-    )
+    run = train_model(args.model, recipe, device=device, **options)
     if save_path is not None:
         path = save_checkpoint(
             save_path, run.model, recipe=recipe, history=run.history, seed=args.seed, test=run.test

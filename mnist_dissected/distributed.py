@@ -752,45 +752,30 @@ def ddp_device(device: torch.device | str | None, world: World | None = None) ->
 
 
 def run_train_cli(
-    args: Any,
-    *,
+    model_name: str,
     recipe: Any,
+    *,
     device: torch.device | str | None = None,
     save_path: str | os.PathLike | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    **options: Any,
 ) -> int:
     """``python -m mnist_dissected train ...`` under ``torchrun``: every process runs this
-    with the same parsed ``args`` (``model``, ``seed``, ``progress``, ``log_interval``,
-    ``data``, ``dry_run``) and ``recipe``; rank 0 prints and saves. Dissected in Part 6,
-    §6.7."""
+    with the same model, recipe and ``options`` (those of :func:`train_ddp`: seed, progress,
+    log_interval, root, dry_run, ...); rank 0 prints and saves. Dissected in Part 6, §6.7."""
     world = World.from_env()
     device = ddp_device(device, world)
     with init_distributed(backend=pick_backend(device), timeout_s=timeout_s) as world:
         print_once(
-            f"Training {args.model} with the {recipe.name} recipe on {world.world_size} "
+            f"Training {model_name} with the {recipe.name} recipe on {world.world_size} "
             f"processes ({dist.get_backend()}, {device.type}): batch {recipe.batch_size} "
             f"per process, {world.world_size * recipe.batch_size} per step"
         )
-        run = train_ddp(
-            args.model,
-            recipe,
-            seed=args.seed,
-            device=device,
-            progress=args.progress,
-            log_interval=args.log_interval,
-            verbose=True,
-            root=args.data,
-            root_given_as="--data",
-            dry_run=args.dry_run,
-        )
+        run = train_ddp(model_name, recipe, device=device, **options)
         if save_path is not None:
+            seed = options.get("seed")
             path = save_on_main(
-                save_path,
-                run.model,
-                recipe=recipe,
-                history=run.history,
-                seed=args.seed,
-                test=run.test,
+                save_path, run.model, recipe=recipe, history=run.history, seed=seed, test=run.test
             )
             print_once(f"Saved {path}")
     return 0

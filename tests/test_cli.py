@@ -16,6 +16,18 @@ from mnist_dissected.train import Trained
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def shell(*args: str, env: dict | None = None, timeout: float = 300):
+    """``python -m mnist_dissected ARGS`` in a fresh process, as a reader types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_dissected", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.parametrize(
     "args, complaint",
     [
@@ -45,12 +57,7 @@ def test_bad_flag_values_are_usage_errors(args, complaint, capsys):
 
 
 def test_bad_flag_from_the_shell_prints_usage_not_a_traceback():
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_dissected", "train", "--epochs", "0"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    result = shell("train", "--epochs", "0")
     assert result.returncode == 2 and "usage:" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -111,32 +118,10 @@ def test_missing_data_is_a_message_not_a_traceback(tmp_path):
         "HTTP_PROXY": "http://127.0.0.1:9",
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_dissected", "train", "--epochs", "1", "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    result = shell("train", "--epochs", "1", "--device", "cpu", env=env, timeout=120)
     assert result.returncode == 1
     assert "MNIST files not found" in result.stderr and "MNIST_DISSECTED_DATA" in result.stderr
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_dissected",
-            "train",
-            "--dry-run",
-            "--data",
-            str(tmp_path / "typo"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    result = shell("train", "--dry-run", "--data", str(tmp_path / "typo"), env=env, timeout=120)
     assert "(from --data)" in result.stderr and not (tmp_path / "typo").exists()
     assert "Traceback" not in result.stderr
 
@@ -230,22 +215,8 @@ def test_missing_save_folder_is_announced_then_created(tmp_path, capsys):
 def test_dry_run_end_to_end_from_the_shell(tmp_path):
     """The real command, start to finish: one batch of training, one of testing, a checkpoint."""
     target = tmp_path / "m.pt"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_dissected",
-            "train",
-            "--dry-run",
-            "--device",
-            "cpu",
-            "--save-model",
-            str(target),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    result = shell(
+        "train", "--dry-run", "--device", "cpu", "--save-model", str(target), timeout=300
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
