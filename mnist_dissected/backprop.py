@@ -276,7 +276,8 @@ def net_forward(
     *,
     masks: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Cache]]:
-    """Run the Net by hand. Returns ``(log_probs, loss, caches)``. Dissected in Part 3, §3.11.
+    """Run the Net by hand. Returns ``(log_probs, loss, caches)``. Dissected in Part 2, §2.12
+    (the forward) and Part 3, §3.11.
 
     ``params`` holds the Net's parameters, with the names from ``net.named_parameters()``.
     ``masks`` is ``(conv2_drop_mask, fc1_drop_mask)`` in training mode, or ``None`` for

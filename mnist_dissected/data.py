@@ -76,7 +76,8 @@ def pad_to_32(images: torch.Tensor, *, value: float = 0.0) -> torch.Tensor:
     """Pad a batch of 28x28 images by 2 pixels on each side, giving LeNet's 32x32.
 
     The border is black: 0 for raw pixels (what ``transforms.Pad(2)`` does to the PIL image);
-    for images already normalized pass ``value=NORMALIZED_BLACK``.
+    for images already normalized pass ``value=NORMALIZED_BLACK``. Why pad rather than resize:
+    Part 2, §2.18.
     """
     return torch.nn.functional.pad(images, (2, 2, 2, 2), value=value)
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 
 def check_input(x: torch.Tensor, model: str, size: int, *, hint: str = "") -> None:
-    """Raise a ``ValueError`` that says what to do if ``x`` is not a batch N x 1 x size x size."""
+    """Raise a ``ValueError`` that says what to do if ``x`` is not a batch N x 1 x size x size.
+    Dissected in Part 2, §2.14."""
     expected = f"{model} expects a batch of shape N x 1 x {size} x {size}, got {tuple(x.shape)}"
     if x.dim() == 2:
         raise ValueError(
@@ -115,7 +116,7 @@ class Net(MNISTModel):
 
 class LeNet(MNISTModel):
     """The 60-minute-blitz LeNet: 61,706 parameters, for 32x32 input, raw scores out.
-    Dissected in Part 2, §2.1 and §2.13."""
+    Dissected in Part 2, §2.1, §2.13 and §2.17 (LeNet-5, its 1998 ancestor)."""
 
     name = "lenet"
     input_size = 32
