@@ -1,0 +1,438 @@
+"""Draw a digit, and watch the trained network read it: a live widget and its static fallback.
+
+Why this module exists: a test accuracy of 99% says little until you write a digit yourself
+and see what the network makes of it. :class:`DigitPad` is a canvas in the notebook: draw with
+the mouse or a finger (or upload a photo of a handwritten digit) and, at the end of each
+stroke, Python preprocesses the drawing exactly as MNIST's digits were
+(:func:`mnist_dissected.preprocess.to_mnist`), runs the model and shows the 28 x 28 image the
+model gets, its ten probabilities, its answer, and a saliency map: how much each input pixel
+moves the winning log-probability, :math:`|\\partial \\max_k \\log p_k / \\partial x|`.
+
+The widget is an `anywidget <https://anywidget.dev>`_: its JavaScript is the string
+:data:`ESM` below, with no build step and nothing fetched from the network, and it runs in
+JupyterLab 4, Notebook 7, VS Code and Colab. Where widgets are not shown (a static rendering of
+the notebook, nbval), :func:`predict_drawing` and :func:`plot_prediction` give the same answers
+for an image, e.g. the drawings bundled with the package (:func:`load_drawing`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import traitlets
+from PIL import Image, UnidentifiedImageError
+
+from .data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK
+from .preprocess import DrawingError, to_mnist
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: The digits drawn in the bundled drawings (``mnist_dissected/drawings/<digit>.png``): RGBA,
+#: 280 x 280, black strokes on transparent paper, as a browser canvas gives them.
+BUNDLED_DIGITS = (0, 2, 3, 7)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model makes of one drawing.
+
+    ``digit``: its answer; ``probabilities``: the ten class probabilities (sum 1);
+    ``image``: the 28 x 28 picture it got, ink 0..1 before ``Normalize`` (to draw);
+    ``batch``: that picture as the model's 1 x 1 x 28 x 28 normalized input;
+    ``saliency``: 28 x 28, :math:`|\\partial \\max_k \\log p_k / \\partial x|` per pixel.
+    """
+
+    digit: int
+    probabilities: torch.Tensor
+    image: torch.Tensor
+    batch: torch.Tensor
+    saliency: torch.Tensor
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def predict_batch(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (10) and saliency (28 x 28) of ``model`` for one normalized 1 x 1 x 28 x 28
+    ``batch``. The model is run in eval mode (no dropout: the same drawing always gets the same
+    answer) and left in the mode it was in. A 32 x 32 model (LeNet) gets the batch padded."""
+    if tuple(batch.shape) != (1, 1, 28, 28):
+        raise ValueError(f"expected one normalized 1 x 1 x 28 x 28 image, got {tuple(batch.shape)}")
+    x = batch.detach().to(_model_device(model), torch.float32).requires_grad_(True)
+    size = getattr(getattr(model, "module", model), "input_size", 28)
+    inputs = F.pad(x, (2, 2, 2, 2), value=NORMALIZED_BLACK) if size == 32 else x
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(inputs)
+            log_probs = out if getattr(model, "log_probs", False) else F.log_softmax(out, dim=1)
+            log_probs[0].max().backward()
+    finally:
+        model.train(was_training)
+    probabilities = log_probs.detach()[0].exp().cpu()
+    return probabilities, x.grad.detach()[0, 0].abs().cpu()
+
+
+def predict_drawing(model: nn.Module, image: Any, **preprocess: Any) -> Prediction:
+    """The model's reading of a picture of one digit (any size, grey/RGB/RGBA, dark on light
+    or light on dark: see :func:`~mnist_dissected.preprocess.to_mnist`, which gets the keyword
+    arguments). The widget's answer without the widget. A blank or unreadable picture raises
+    :class:`~mnist_dissected.preprocess.DrawingError`."""
+    batch = to_mnist(image, **preprocess)
+    probabilities, saliency = predict_batch(model, batch)
+    return Prediction(
+        digit=int(probabilities.argmax()),
+        probabilities=probabilities,
+        image=(batch[0, 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1),
+        batch=batch,
+        saliency=saliency,
+    )
+
+
+def load_drawing(digit: int) -> Image.Image:
+    """One of the bundled drawings (:data:`BUNDLED_DIGITS`), an RGBA PIL image as a canvas
+    gives it: try the network on them where the live widget is not shown."""
+    if digit not in BUNDLED_DIGITS:
+        raise ValueError(f"no bundled drawing of {digit!r}; there are {list(BUNDLED_DIGITS)}")
+    data = resources.files("mnist_dissected").joinpath("drawings", f"{digit}.png").read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGBA")
+
+
+def plot_prediction(prediction: Prediction, *, drawing: Any = None, title: str = "") -> Figure:
+    """The widget's panels as a static figure: the drawing (if given), the 28 x 28 image the
+    model gets, the saliency map, and the ten probabilities."""
+    import matplotlib.pyplot as plt
+
+    panels = 3 + (drawing is not None)
+    fig, axes = plt.subplots(
+        1, panels, figsize=(2.4 * panels + 1, 2.6), width_ratios=[1] * (panels - 1) + [1.6]
+    )
+    *images, bars = axes
+    pictures = [(prediction.image, "what the model gets", "gray")]
+    pictures.append((prediction.saliency, "saliency |∂ log p / ∂x|", "hot"))
+    if drawing is not None:
+        pictures.insert(0, (np.asarray(drawing), "the drawing", None))
+    for ax, (picture, name, cmap) in zip(images, pictures, strict=True):
+        ax.imshow(np.asarray(picture), cmap=cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = bars
+    colours = ["tab:orange" if k == prediction.digit else "tab:blue" for k in range(10)]
+    ax.bar(range(10), prediction.probabilities.numpy(), color=colours)
+    ax.set_xticks(range(10))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("digit")
+    ax.set_ylabel("probability")
+    ax.set_title(f"prediction: {prediction.digit}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def decode_data_url(url: str) -> Image.Image:
+    """A ``data:image/...;base64,...`` URL (what ``canvas.toDataURL()`` gives) as a PIL image."""
+    header, comma, payload = url.partition(",")
+    if not comma or not header.startswith("data:image/") or ";base64" not in header:
+        raise DrawingError(f"expected a base64 image data URL, got {url[:40]!r}...")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+        image.load()
+    except (binascii.Error, UnidentifiedImageError, OSError) as e:
+        raise DrawingError(f"the drawing could not be decoded as an image: {e}") from e
+    return image
+
+
+# --------------------------------------------------------------------------- the widget
+
+#: The widget's front end (an ES module; anywidget loads it, no build step, no network).
+ESM = r"""
+function paint(canvas, values, colour) {
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(28, 28);
+  for (let i = 0; i < 784; i++) {
+    const v = values && values.length === 784 ? values[i] : 0;
+    const [r, g, b] = colour(Math.max(0, Math.min(1, v)));
+    img.data.set([r, g, b, 255], 4 * i);
+  }
+  ctx.putImageData(img, 0, 0);
+}
+const grey = (v) => [255 * v, 255 * v, 255 * v];
+const hot = (v) => [255 * Math.min(1, 3 * v), 255 * Math.min(1, Math.max(0, 3 * v - 1)),
+                    255 * Math.max(0, 3 * v - 2)];
+
+function el_(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function render({ model, el }) {
+  const size = model.get("size");
+  const root = el_("div", "digitpad");
+  const left = el_("div", "digitpad-left");
+  const canvas = el_("canvas", "digitpad-canvas");
+  canvas.width = size;
+  canvas.height = size;
+  canvas.style.width = size + "px";
+  canvas.style.height = size + "px";
+  const buttons = el_("div", "digitpad-buttons");
+  const clear = el_("button", "digitpad-clear", "Clear");
+  const upload = el_("button", "digitpad-upload", "Upload a photo…");
+  const file = el_("input", "digitpad-file");
+  file.type = "file";
+  file.accept = "image/*";
+  file.style.display = "none";
+  buttons.append(clear, upload, file);
+  left.append(canvas, buttons);
+
+  const right = el_("div", "digitpad-right");
+  const answer = el_("div", "digitpad-answer");
+  const prediction = el_("span", "digitpad-prediction", "–");
+  answer.append("Prediction: ", prediction);
+  const message = el_("div", "digitpad-message");
+  const pictures = el_("div", "digitpad-pictures");
+  const seen = el_("canvas", "digitpad-input");
+  const saliency = el_("canvas", "digitpad-saliency");
+  for (const [c, label] of [[seen, "what the model gets"], [saliency, "saliency"]]) {
+    c.width = 28;
+    c.height = 28;
+    const fig = el_("figure", "digitpad-figure");
+    fig.append(c, el_("figcaption", "", label));
+    pictures.append(fig);
+  }
+  const bars = el_("div", "digitpad-bars");
+  const rows = [];
+  for (let k = 0; k < 10; k++) {
+    const row = el_("div", "digitpad-bar-row");
+    const bar = el_("div", "digitpad-bar");
+    const track = el_("div", "digitpad-bar-track");
+    track.append(bar);
+    const value = el_("span", "digitpad-bar-value", "");
+    row.append(el_("span", "digitpad-bar-label", String(k)), track, value);
+    bars.append(row);
+    rows.push({ row, bar, value });
+  }
+  right.append(answer, message, pictures, bars);
+  root.append(left, right);
+  el.append(root);
+
+  const ctx = canvas.getContext("2d");
+  const setPen = () => {
+    ctx.lineWidth = model.get("line_width");
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.strokeStyle = "#000";
+    ctx.fillStyle = "#000";
+  };
+  setPen();
+  const send = () => {
+    model.set("drawing", canvas.toDataURL("image/png"));
+    model.save_changes();
+  };
+  const at = (event) => {
+    const rect = canvas.getBoundingClientRect();
+    return [(event.clientX - rect.left) * (canvas.width / rect.width),
+            (event.clientY - rect.top) * (canvas.height / rect.height)];
+  };
+  let drawing = false;
+  canvas.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    canvas.setPointerCapture(event.pointerId);
+    drawing = true;
+    setPen();
+    const [x, y] = at(event);
+    ctx.beginPath();
+    ctx.arc(x, y, ctx.lineWidth / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.beginPath();
+    ctx.moveTo(x, y);
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    event.preventDefault();
+    const [x, y] = at(event);
+    ctx.lineTo(x, y);
+    ctx.stroke();
+    ctx.beginPath();
+    ctx.moveTo(x, y);
+  });
+  const end = (event) => {
+    if (!drawing) return;
+    drawing = false;
+    if (canvas.hasPointerCapture(event.pointerId)) canvas.releasePointerCapture(event.pointerId);
+    send();
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+
+  clear.addEventListener("click", () => {
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    model.set("drawing", "");
+    model.save_changes();
+  });
+  upload.addEventListener("click", () => file.click());
+  file.addEventListener("change", () => {
+    const chosen = file.files && file.files[0];
+    if (!chosen) return;
+    const url = URL.createObjectURL(chosen);
+    const img = new Image();
+    img.onload = () => {
+      // The photo's paper fills the whole canvas: its mean border colour goes around it.
+      const probe = document.createElement("canvas");
+      probe.width = 32;
+      probe.height = 32;
+      const p = probe.getContext("2d");
+      p.drawImage(img, 0, 0, 32, 32);
+      const d = p.getImageData(0, 0, 32, 32).data;
+      const sum = [0, 0, 0];
+      let n = 0;
+      for (let i = 0; i < 32; i++) {
+        for (const [x, y] of [[i, 0], [i, 31], [0, i], [31, i]]) {
+          const o = 4 * (32 * y + x);
+          sum[0] += d[o]; sum[1] += d[o + 1]; sum[2] += d[o + 2]; n++;
+        }
+      }
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      ctx.fillStyle = `rgb(${sum[0] / n}, ${sum[1] / n}, ${sum[2] / n})`;
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      const s = Math.min(canvas.width / img.width, canvas.height / img.height);
+      const w = img.width * s, h = img.height * s;
+      ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+      URL.revokeObjectURL(url);
+      file.value = "";
+      setPen();
+      send();
+    };
+    img.src = url;
+  });
+
+  const update = () => {
+    const digit = model.get("prediction");
+    prediction.textContent = digit >= 0 ? String(digit) : "–";
+    message.textContent = model.get("message");
+    paint(seen, model.get("image"), grey);
+    paint(saliency, model.get("saliency"), hot);
+    const probs = model.get("probabilities") || [];
+    rows.forEach(({ row, bar, value }, k) => {
+      const p = probs.length === 10 ? probs[k] : 0;
+      bar.style.width = (100 * p).toFixed(1) + "%";
+      value.textContent = probs.length === 10 ? p.toFixed(3) : "";
+      row.classList.toggle("digitpad-winner", k === digit);
+    });
+  };
+  for (const name of ["prediction", "message", "image", "saliency", "probabilities"]) {
+    model.on("change:" + name, update);
+  }
+  update();
+  return () => {
+    for (const name of ["prediction", "message", "image", "saliency", "probabilities"]) {
+      model.off("change:" + name, update);
+    }
+  };
+}
+
+export default { render };
+"""
+
+#: The widget's look; the colours follow the notebook's theme where it defines them.
+CSS = """
+.digitpad { display: inline-flex; gap: 16px; align-items: flex-start; flex-wrap: wrap;
+  padding: 6px; background: var(--jp-layout-color0, #fff);
+  font-family: var(--jp-ui-font-family, sans-serif); color: var(--jp-ui-font-color1, #222); }
+.digitpad-canvas { border: 1px solid #888; border-radius: 4px; background: #fff;
+  touch-action: none; cursor: crosshair; display: block; }
+.digitpad-buttons { margin-top: 6px; display: flex; gap: 6px; }
+.digitpad-answer { font-size: 1.3em; margin-bottom: 4px; }
+.digitpad-prediction { font-weight: bold; font-size: 1.5em; }
+.digitpad-message { color: #b00; min-height: 1.2em; font-size: 0.9em; }
+.digitpad-pictures { display: flex; gap: 10px; }
+.digitpad-figure { margin: 0; text-align: center; font-size: 0.8em; }
+.digitpad-figure canvas { width: 112px; height: 112px; image-rendering: pixelated;
+  border: 1px solid #888; display: block; }
+.digitpad-bars { margin-top: 8px; width: 260px; }
+.digitpad-bar-row { display: flex; align-items: center; gap: 6px; height: 18px; }
+.digitpad-bar-label { width: 1em; text-align: right; }
+.digitpad-bar-track { flex: 1; height: 12px; background: rgba(128, 128, 128, 0.15); }
+.digitpad-bar { height: 100%; background: #4a7bd0; }
+.digitpad-winner .digitpad-bar { background: #e07b1a; }
+.digitpad-bar-value { width: 3.5em; font-family: monospace; font-size: 0.85em; }
+"""
+
+
+class DigitPad(anywidget.AnyWidget):
+    """A canvas to draw a digit on, and the model's live reading of it (see the module
+    docstring). ``DigitPad(model)`` as a cell's last line shows it; after a stroke,
+    ``pad.result`` holds the latest :class:`Prediction` (``None`` before any, or after Clear
+    or unreadable input, whose reason is in ``pad.message``)."""
+
+    _esm = ESM
+    _css = CSS
+
+    #: The canvas as a PNG data URL, sent by the browser at the end of each stroke ("" = clear).
+    drawing = traitlets.Unicode("").tag(sync=True)
+    #: Canvas side and pen width in pixels: a digit drawn across most of the canvas then has
+    #: strokes about as thick, relative to its size, as MNIST's.
+    size = traitlets.Int(280).tag(sync=True)
+    line_width = traitlets.Int(22).tag(sync=True)
+    #: The answer (-1: none yet), the 784 pixels the model gets and the saliency (both 0..1,
+    #: row by row), the ten probabilities, and what went wrong, if anything.
+    prediction = traitlets.Int(-1).tag(sync=True)
+    image = traitlets.List(traitlets.Float()).tag(sync=True)
+    saliency = traitlets.List(traitlets.Float()).tag(sync=True)
+    probabilities = traitlets.List(traitlets.Float()).tag(sync=True)
+    message = traitlets.Unicode("Draw a digit with the mouse or a finger.").tag(sync=True)
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.result: Prediction | None = None
+        self.observe(self._on_drawing, names="drawing")
+
+    def _on_drawing(self, change: dict[str, Any]) -> None:
+        url = change["new"]
+        if not url:
+            self._show(None, "Draw a digit with the mouse or a finger.")
+            return
+        try:
+            result = predict_drawing(self.model, decode_data_url(url))
+        except DrawingError as e:
+            self._show(None, str(e))
+            return
+        self._show(result, "")
+
+    def _show(self, result: Prediction | None, message: str) -> None:
+        self.result = result
+        with self.hold_sync():
+            if result is None:
+                self.image, self.saliency, self.probabilities = [], [], []
+            else:
+                peak = float(result.saliency.max())
+                saliency = result.saliency / peak if peak > 0 else result.saliency
+                self.image = [round(v, 4) for v in result.image.flatten().tolist()]
+                self.saliency = [round(v, 4) for v in saliency.flatten().tolist()]
+                self.probabilities = [round(v, 6) for v in result.probabilities.tolist()]
+            self.prediction = -1 if result is None else result.digit
+            self.message = message
+
+
+def draw_digit(model: nn.Module, *, size: int = 280, line_width: int = 22) -> DigitPad:
+    """A :class:`DigitPad` for ``model`` (make it a cell's last line to show it)."""
+    return DigitPad(model, size=size, line_width=line_width)

@@ -1,0 +1,284 @@
+"""MNIST's preprocessing for any picture of a digit (``mnist_dissected.preprocess``): each step,
+each kind of bad input, and the round trip: real MNIST test digits blown up, inverted, moved
+off-centre on a large canvas, and brought back, read by the trained network about as well as
+the originals."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_dissected import preprocess as P
+from mnist_dissected.data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK, load_mnist
+
+try:
+    from mnist_dissected.pretrained import load_or_train
+except ImportError:  # before the package's reshape
+    from mnist_dissected.checkpoint import load_or_train
+
+
+def canvas_digit(*, size=200, top=40, left=60, height=120, width=30, ink=255, paper=0):
+    """A grey uint8 picture: a filled bar (a "1") of ink on paper."""
+    image = np.full((size, size), paper, np.uint8)
+    image[top : top + height, left : left + width] = ink
+    return image
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    mnist = load_mnist(train=False)
+    return mnist.data[:500].numpy(), mnist.targets[:500]
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def test_pixels_reads_grey_rgb_rgba_pil_and_tensors():
+    grey = np.array([[0, 255], [51, 102]], np.uint8)
+    assert P.pixels(grey).shape == (2, 2, 1)
+    torch.testing.assert_close(P.pixels(grey)[..., 0], torch.from_numpy(grey / 255))
+    assert P.pixels(np.zeros((3, 4, 3), np.uint8)).shape == (3, 4, 3)
+    assert P.pixels(np.zeros((3, 4, 4), np.float32)).shape == (3, 4, 4)
+    assert P.pixels(torch.ones(5, 6)).shape == (5, 6, 1)
+    assert P.pixels(np.ones((2, 2), bool)).max() == 1
+    for mode, channels in (("L", 1), ("RGB", 3), ("RGBA", 4), ("LA", 4), ("P", 3), ("1", 3)):
+        assert P.pixels(Image.new(mode, (7, 5))).shape == (5, 7, channels), mode
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros(10), "1-D"),
+        (np.zeros((2, 8, 8, 1)), "one at a time"),
+        (np.zeros((8, 8, 2)), "C = 1, 3"),
+        (np.zeros((3, 28, 28)), "channels-first"),
+        (np.zeros((0, 28)), "empty"),
+        (np.zeros((28, 0, 3)), "empty"),
+        (np.zeros((5, 5, 0)), "C = 1, 3"),
+        (np.array([["a", "b"], ["c", "d"]]), "numeric"),
+        (np.array([[None, 1], [2, 3]], dtype=object), "numeric"),
+        ("digit.png", "expected an image"),
+        (b"\x89PNG", "expected an image"),
+        (np.full((8, 8), np.nan), "NaN"),
+        (np.full((8, 8), np.inf), "NaN"),
+        (np.full((8, 8), 300), "0..255"),
+        (np.full((8, 8), -1), "0..255"),
+        (np.full((8, 8), 200.0), "divide by 255"),
+        (np.full((8, 8), -0.5), r"\[0, 1\]"),
+        (np.zeros((8, 8), complex), "numeric"),
+        ([[1, 2], [3]], "cannot read"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(image, match):
+    with pytest.raises(P.DrawingError, match=match):
+        P.to_mnist(image)
+    assert issubclass(P.DrawingError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((50, 50), 255, np.uint8),  # white paper
+        np.zeros((50, 50), np.uint8),  # black paper
+        np.full((50, 50, 3), 128, np.uint8),  # uniform grey
+        np.zeros((50, 50, 4), np.uint8),  # a cleared canvas: all transparent
+        np.full((50, 50), 200, np.uint8) + np.eye(50, dtype=np.uint8) * 10,  # faint smudge
+        np.zeros((1, 1)),
+    ],
+)
+def test_a_blank_drawing_is_refused(image):
+    with pytest.raises(P.DrawingError, match="blank"):
+        P.to_mnist(image)
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def test_to_grey_lays_a_transparent_canvas_on_paper_that_contrasts_with_the_ink():
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[4:6, 4:6] = (0, 0, 0, 255)  # black strokes on a transparent canvas
+    grey = P.to_grey(rgba)
+    assert grey[0, 0] == 1 and grey[5, 5] == 0
+    rgba[4:6, 4:6] = (255, 255, 255, 255)  # white chalk on a transparent canvas
+    grey = P.to_grey(rgba)
+    assert grey[0, 0] == 0 and grey[5, 5].item() == pytest.approx(1)
+    rgba[4:6, 4:6] = (0, 0, 0, 128)  # half-transparent (anti-aliased) black
+    assert P.to_grey(rgba)[5, 5] == pytest.approx(1 - 128 / 255)
+
+
+def test_to_grey_mixes_colour_like_pil():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(rgb).convert("L")) / 255
+    torch.testing.assert_close(P.to_grey(rgb), torch.from_numpy(pil), atol=1 / 255, rtol=0)
+
+
+def test_to_ink_finds_polarity_from_the_paper_and_stretches_the_contrast():
+    light_on_dark = canvas_digit(ink=255, paper=0)
+    dark_on_light = canvas_digit(ink=0, paper=255)
+    photo = canvas_digit(ink=60, paper=190)  # grey paper, grey pencil
+    expected = torch.from_numpy(light_on_dark / 255.0)
+    for image in (light_on_dark, dark_on_light, photo, np.stack([photo] * 3, axis=-1)):
+        torch.testing.assert_close(P.to_ink(image), expected)
+
+
+def test_to_ink_polarity_holds_when_ink_covers_most_of_the_picture():
+    bold = canvas_digit(size=60, top=2, left=2, height=56, width=56, ink=0, paper=255)
+    ink = P.to_ink(bold)
+    assert ink[30, 30] == 1 and ink[0, 0] == 0 and ink.mean() > 0.8
+
+
+def test_crop_is_the_inks_bounding_box_and_ignores_faint_noise():
+    ink = torch.zeros(50, 60, dtype=torch.float64)
+    ink[10:30, 20:25] = 1.0
+    ink[0, 0] = ink[49, 59] = 0.05  # dust below the threshold
+    ink[12, 21] = 0.5
+    box = P.crop(ink)
+    assert box.shape == (20, 5)
+    assert box[2, 1] == 0.5
+    assert P.crop(ink, threshold=0.01).shape == (50, 60)
+    with pytest.raises(P.DrawingError, match="blank"):
+        P.crop(torch.full((5, 5), 0.05))
+    ink[15, 22] = 0.08  # a faint speck inside the box is zeroed: MNIST's background is 0
+    assert P.crop(ink)[5, 2] == 0
+
+
+def test_scale_keeps_the_aspect_ratio_and_the_longer_side_is_20():
+    assert P.scale(torch.ones(200, 50)).shape == (20, 5)
+    assert P.scale(torch.ones(30, 90)).shape == (7, 20)
+    assert P.scale(torch.ones(5, 2)).shape == (20, 8)  # small drawings grow
+    assert P.scale(torch.ones(400, 3)).shape == (20, 1)  # a very thin "1" stays 1 wide
+
+
+def test_scale_is_anti_aliased():
+    """A fine checkerboard averages to grey; sampling a few pixels would give 0s and 1s."""
+    checker = (np.indices((200, 200)).sum(axis=0) % 2).astype(np.float64)
+    scaled = P.scale(checker)
+    assert scaled.shape == (20, 20)
+    torch.testing.assert_close(
+        scaled, torch.full((20, 20), 0.5, dtype=torch.float64), atol=0.02, rtol=0
+    )
+
+
+def test_centre_of_mass_of_tensors_and_arrays():
+    image = np.zeros((10, 12))
+    image[3, 5] = 1.0
+    assert P.centre_of_mass(image) == (3.0, 5.0)
+    image[7, 9] = 1.0
+    assert P.centre_of_mass(torch.from_numpy(image)) == (5.0, 7.0)
+    assert P.centre_of_mass(torch.ones(28, 28)) == (13.5, 13.5)
+    assert P.centre_of_mass(np.eye(4, dtype=np.uint8)) == (1.5, 1.5)
+    with pytest.raises(P.DrawingError, match="blank"):
+        P.centre_of_mass(np.zeros((5, 5)))
+    with pytest.raises(P.DrawingError, match="2-D"):
+        P.centre_of_mass(np.ones((1, 5, 5)))
+    with pytest.raises(P.DrawingError, match="negative"):
+        P.centre_of_mass(-np.ones((5, 5)))
+    with pytest.raises(P.DrawingError, match="NaN"):
+        P.centre_of_mass(np.full((5, 5), np.nan))
+
+
+def test_mnist_digits_already_have_their_centre_of_mass_at_the_centre(test_digits):
+    images, _ = test_digits
+    centres = np.array([P.centre_of_mass(image) for image in images[:100]])
+    assert np.abs(centres - np.array(P.CENTRE)).max() <= 0.51
+
+
+def test_paste_centred_puts_the_centre_of_mass_at_the_fields_centre():
+    ink = torch.zeros(20, 8, dtype=torch.float64)
+    ink[:5] = 1.0  # a "7"-like heavy top
+    ink[:, 6:] = 1.0
+    field = P.paste_centred(ink)
+    assert field.shape == (28, 28)
+    assert field.sum() == ink.sum()  # nothing cut off, nothing resampled
+    row, col = P.centre_of_mass(field)
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
+
+
+def test_paste_centred_keeps_a_lopsided_digit_inside_the_field():
+    ink = torch.zeros(20, 20, dtype=torch.float64)
+    ink[0, 0] = 1.0
+    ink[19, 19] = 0.001
+    field = P.paste_centred(ink)
+    assert field.sum() == ink.sum()
+    with pytest.raises(P.DrawingError, match="does not fit"):
+        P.paste_centred(torch.ones(29, 3))
+
+
+def test_normalize_is_the_training_sets_normalize():
+    batch = P.normalize(torch.zeros(28, 28))
+    assert batch.shape == (1, 1, 28, 28) and batch.dtype == torch.float32
+    assert batch[0, 0, 0, 0].item() == pytest.approx(NORMALIZED_BLACK)
+    assert P.normalize(torch.ones(28, 28))[0, 0, 0, 0].item() == pytest.approx(
+        (1 - MNIST_MEAN) / MNIST_STD
+    )
+
+
+def test_steps_are_in_order_and_end_in_to_mnist():
+    image = canvas_digit(ink=0, paper=255)
+    out = P.steps(image)
+    assert list(out) == ["grey", "ink", "cropped", "scaled", "centred", "normalized"]
+    assert out["grey"].shape == out["ink"].shape == (200, 200)
+    assert out["cropped"].shape == (120, 30)
+    assert out["scaled"].shape == (20, 5)
+    assert out["centred"].shape == out["normalized"].shape == (28, 28)
+    assert all(t.dim() == 2 for t in out.values())
+    torch.testing.assert_close(P.to_mnist(image)[0, 0], out["normalized"])
+
+
+def test_an_mnist_digit_comes_back_as_itself(test_digits):
+    """Already preprocessed digits are a fixed point, but for their faintest pixels (below the
+    ink threshold, zeroed) and a one-pixel shift where the centre of mass sits half-way between
+    two pixels."""
+    images, _ = test_digits
+    fields = torch.stack([P.steps(image)["centred"] for image in images[:200]])
+    error = (fields - torch.from_numpy(images[:200]) / 255).abs().amax(dim=(1, 2))
+    assert (error <= 0.1 + 1e-9).float().mean() >= 0.95
+
+
+def test_position_size_and_polarity_do_not_matter():
+    small = canvas_digit(size=100, top=10, left=10, height=60, width=15)
+    large = canvas_digit(size=400, top=200, left=250, height=180, width=45, ink=0, paper=255)
+    torch.testing.assert_close(P.to_mnist(small), P.to_mnist(large))
+
+
+# --------------------------------------------------------------------------- the round trip
+
+
+def as_drawings(images: np.ndarray, *, seed: int = 0):
+    """Each 28 x 28 digit blown up to 196 x 196 (bilinear, like a thick pen) and placed at a
+    random spot of a 256 x 256 canvas, twice: dark ink on white paper (grey uint8), and black
+    strokes on a transparent canvas (RGBA, alpha = ink), as a browser canvas gives them."""
+    rng = np.random.default_rng(seed)
+    for image in images:
+        big = np.asarray(Image.fromarray(image).resize((196, 196), Image.Resampling.BILINEAR))
+        top, left = rng.integers(0, 256 - 196 + 1, size=2)
+        ink = np.zeros((256, 256), np.uint8)
+        ink[top : top + 196, left : left + 196] = big
+        rgba = np.zeros((256, 256, 4), np.uint8)
+        rgba[..., 3] = ink
+        yield 255 - ink, rgba
+
+
+@pytest.mark.slow
+def test_round_trip_accuracy_is_nearly_the_originals(test_digits):
+    images, targets = test_digits
+    model, _ = load_or_train()
+    model = model.cpu().eval()
+    original = (torch.from_numpy(images).float()[:, None] / 255 - MNIST_MEAN) / MNIST_STD
+    paper, canvas = [], []
+    for dark_on_light, rgba in as_drawings(images):
+        paper.append(P.to_mnist(dark_on_light))
+        canvas.append(P.to_mnist(rgba))
+    with torch.no_grad():
+        accuracy = {
+            name: (model(batch).argmax(dim=1) == targets).float().mean().item()
+            for name, batch in (
+                ("original", original),
+                ("dark on light", torch.cat(paper)),
+                ("RGBA canvas", torch.cat(canvas)),
+            )
+        }
+    print("accuracy on the first 500 test digits:", accuracy)
+    assert accuracy["dark on light"] >= accuracy["original"] - 0.02
+    assert accuracy["RGBA canvas"] >= accuracy["original"] - 0.02
