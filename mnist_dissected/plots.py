@@ -141,7 +141,8 @@ def plot_confusion_matrix(matrix: torch.Tensor, *, title: str = "Confusion matri
 
 def show_filters(weight: torch.Tensor, title: str, *, max_in: int | None = None) -> Figure:
     """Convolution kernels (out x in x k x k) as a grid: one row per output channel, one column
-    per input channel, on one symmetric colour scale (blue negative, red positive)."""
+    per input channel, on one symmetric colour scale (blue negative, red positive). Used in
+    Part 5, §5.8."""
     w = weight.detach().cpu()
     if max_in is not None:
         w = w[:, :max_in]
@@ -165,7 +166,8 @@ def show_filters(weight: torch.Tensor, title: str, *, max_in: int | None = None)
 
 
 def show_feature_maps(maps: torch.Tensor, title: str, *, ncols: int = 10) -> Figure:
-    """The channels of one image's activations (C x H x W), each on its own colour scale."""
+    """The channels of one image's activations (C x H x W), each on its own colour scale.
+    Used in Part 5, §5.9."""
     m = maps.detach().cpu()
     n = len(m)
     ncols = min(ncols, n)
