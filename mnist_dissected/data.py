@@ -36,10 +36,10 @@ def load_mnist(
 ) -> datasets.MNIST:
     """The MNIST training (or test) split as a ``torchvision.datasets.MNIST``.
 
-    Dissected in Part 1, §1.1. Shipped files are verified and used; only when they are missing
-    does torchvision download (with a message first). If that fails too, nothing it wrote is
-    left behind and the error says what was looked for, where, and why there (``root_given_as``
-    names how ``root`` was given, e.g. ``"--data"``).
+    Dissected in Part 1, §1.1 and §1.A. Shipped files are verified and used; only when they are
+    missing does torchvision download (with a message first). If that fails too, nothing it
+    wrote is left behind and the error says what was looked for, where, and why there
+    (``root_given_as`` names how ``root`` was given, e.g. ``"--data"``).
     """
     root, origin = pick_root(root, given_as=root_given_as)
     missing = prepare_raw(root)
@@ -105,7 +105,7 @@ def normalize_images(data: torch.Tensor, *, pad: int = 0) -> torch.Tensor:
 def centre_of_mass(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ink-weighted mean (row, column) of each image of a stack (..., H, W), in pixels
     from the top-left pixel's centre: MNIST's makers put it at the middle of the 28 x 28
-    field. Dissected in Part 1, §1.7 (used again in Part 5, §5.14); the preprocessing of
+    field. Dissected in Part 1, §1.3 (used again in Part 5, §5.14); the preprocessing of
     drawings (:mod:`mnist_dissected.preprocess`) centres them by it.
     """
     mass = images.double()

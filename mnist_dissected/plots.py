@@ -32,7 +32,7 @@ def show_digits(
     size: float = 1.1,
 ) -> Figure:
     """A grid of digits (N x 28 x 28 or N x 1 x H x W), each titled with its label and, when
-    given, the prediction (red when wrong) and its confidence. Used from Part 1, §1.5 on."""
+    given, the prediction (red when wrong) and its confidence. Used from Part 1, §1.2 on."""
     images = images.detach().cpu()
     if images.dim() == 4:
         images = images[:, 0]

@@ -186,3 +186,23 @@ def test_every_part_module_points_back_to_its_notebook():
     for part, module in MODULE_OF_PART.items():
         text = (ROOT / "mnist_dissected" / f"{module}.py").read_text()
         assert f"notebooks/{PARTS[part][0]}.ipynb" in text, module
+
+
+def test_links_between_parts_name_sections_that_exist():
+    """'(see Part 3, §3.4)' in one notebook's prose must point at a heading of Part 3."""
+    headings = {
+        int(path.stem[0]): {
+            m.group(1)
+            for c in load(path)["cells"]
+            if c["cell_type"] == "markdown"
+            for m in re.finditer(r"^## (\d+\.[\dA-Z]+) ", source(c), re.M)
+        }
+        for path in NOTEBOOKS
+    }
+    for path in NOTEBOOKS:
+        for c in load(path)["cells"]:
+            if c["cell_type"] != "markdown":
+                continue
+            text = " ".join(source(c).split())
+            for part, section in re.findall(r"Part (\d),? §(\d+\.[\dA-Z]+)", text):
+                assert section in headings[int(part)], f"{path.name}: Part {part}, §{section}"
