@@ -11,6 +11,8 @@ Why this module exists (dissected in Part 1, ``notebooks/1_mnist_load.ipynb``):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -50,12 +52,14 @@ def load_mnist(
                 f"MNIST not found under {root}; downloading it with torchvision ...",
                 file=sys.stderr,
             )
+            log = io.StringIO()
             try:
-                with undo_on_failure(root):
+                with undo_on_failure(root), contextlib.redirect_stdout(log):
                     datasets.MNIST(root, train=train, download=True)
-                    missing = prepare_raw(root)
+                    missing = prepare_raw(root, downloaded=True)
             except Exception as e:  # torchvision raises RuntimeError/URLError/OSError variously
-                cause = e
+                printed = log.getvalue().strip()  # older torchvision prints each mirror's error
+                cause = RuntimeError(f"{e}\n{printed}") if printed and printed not in str(e) else e
         if missing:
             raise not_found_error(root, origin, missing, cause)
     return datasets.MNIST(root, train=train, transform=transform, download=False)

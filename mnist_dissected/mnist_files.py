@@ -111,11 +111,19 @@ def sha256_of(path: Path, *, gzipped: bool = False) -> str:
     return digest.hexdigest()
 
 
-def _corrupt(path: Path, expected: str, detail: str) -> CorruptDataError:
+def _corrupt(
+    path: Path, expected: str, detail: str, *, downloaded: bool = False
+) -> CorruptDataError:
+    fix = (
+        "It was just downloaded and has been removed: the mirror served a bad copy; try again "
+        "later or another mirror."
+        if downloaded
+        else "The file was left as it is. Replace it with a good copy (e.g. `git checkout -- "
+        "data/` in the repository, or delete it to let torchvision download it)."
+    )
     return CorruptDataError(
         f"{path} is corrupt or truncated ({detail}); expected SHA-256 of the decompressed IDX "
-        f"data {expected}. The file was left as it is. Replace it with a good copy (e.g. "
-        f"`git checkout -- data/` in the repository, or delete it to let torchvision download it)."
+        f"data {expected}. {fix}"
     )
 
 
@@ -128,7 +136,7 @@ def _write_failed(gz: Path, raw: Path, error: OSError) -> DataWriteError:
     )
 
 
-def _decompress_verified(gz: Path, raw: Path, expected: str) -> None:
+def _decompress_verified(gz: Path, raw: Path, expected: str, *, downloaded: bool = False) -> None:
     """Decompress ``gz`` to ``raw`` atomically, only if its content has the expected checksum:
     a half-written or wrong file never appears under the final name. Reading the input and
     writing the copy fail differently: :class:`CorruptDataError` blames the input,
@@ -141,13 +149,15 @@ def _decompress_verified(gz: Path, raw: Path, expected: str) -> None:
                     try:
                         chunk = src.read(1 << 20)
                     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-                        raise _corrupt(gz, expected, f"{type(e).__name__}: {e}") from e
+                        detail = f"{type(e).__name__}: {e}"
+                        raise _corrupt(gz, expected, detail, downloaded=downloaded) from e
                     if not chunk:
                         break
                     digest.update(chunk)
                     out.write(chunk)
                 if digest.hexdigest() != expected:
-                    raise _corrupt(gz, expected, f"its content has SHA-256 {digest.hexdigest()}")
+                    detail = f"its content has SHA-256 {digest.hexdigest()}"
+                    raise _corrupt(gz, expected, detail, downloaded=downloaded)
         except OSError as e:  # from creating, writing or renaming the copy
             raise _write_failed(gz, raw, e) from e
 
@@ -184,12 +194,13 @@ def _write_stamp(raw: Path, expected: str, gz: Path | None) -> None:
         f.write(json.dumps(stamp).encode())
 
 
-def prepare_raw(root: Path) -> list[str]:
+def prepare_raw(root: Path, *, downloaded: bool = False) -> list[str]:
     """Make ``<root>/MNIST/raw/<name>`` hold each verified IDX file; return the names missing.
 
     A decompressed file already there is checked too (it may be a user's own copy): a bad one
-    raises :class:`CorruptDataError` and is never deleted or silently replaced. Files whose
-    stamp still matches are not hashed again.
+    raises :class:`CorruptDataError` and is never deleted or silently replaced (``downloaded``:
+    the files were just downloaded, and the caller removes a bad one). Files whose stamp still
+    matches are not hashed again.
     """
     missing = []
     for name, expected in RESOURCES.items():
@@ -200,14 +211,15 @@ def prepare_raw(root: Path) -> list[str]:
             if stamp == {"sha256": expected, "raw": _identity(raw), "gz": _identity(gz)}:
                 continue  # verified before, and neither file changed since
             if gz is not None and (stamp is None or stamp.get("gz") != _identity(gz)):
-                _decompress_verified(gz, raw, expected)  # a new or changed .gz: check it
+                _decompress_verified(gz, raw, expected, downloaded=downloaded)  # new or changed
             elif (actual := sha256_of(raw)) != expected:
-                raise _corrupt(raw, expected, f"its SHA-256 is {actual}")
+                detail = f"its SHA-256 is {actual}"
+                raise _corrupt(raw, expected, detail, downloaded=downloaded)
         elif gz is None:
             missing.append(name)
             continue
         else:
-            _decompress_verified(gz, raw, expected)
+            _decompress_verified(gz, raw, expected, downloaded=downloaded)
         _write_stamp(raw, expected, gz)
     return missing
 

@@ -177,7 +177,7 @@ def test_each_file_is_hashed_once_then_trusted_by_its_stamp(tmp_path, no_downloa
     assert stamps == sorted(n + F.STAMP_SUFFIX for n in F.RESOURCES)
     hashed = []
     monkeypatch.setattr(F, "sha256_of", lambda path, **kw: hashed.append(path))
-    monkeypatch.setattr(F, "_decompress_verified", lambda gz, *a: hashed.append(gz))
+    monkeypatch.setattr(F, "_decompress_verified", lambda gz, *a, **k: hashed.append(gz))
     assert F.prepare_raw(tmp_path) == [] and hashed == [], "nothing hashed again"
 
 

@@ -61,8 +61,9 @@ def test_ci_runs_the_readme_test_command():
 def test_makefile_creates_the_venv_and_runs_lint_and_pytest():
     makefile = (ROOT / "Makefile").read_text()
     assert "-m venv" in makefile and "--editable '.[lab,test]'" in makefile
-    test_target = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
-    assert "ruff check ." in test_target and "-m pytest" in test_target
+    target = {t: makefile.split(f"\n{t}:", 1)[1].split("\n\n", 1)[0] for t in ("test", "lint")}
+    assert target["test"].startswith(" lint") and "-m pytest" in target["test"]
+    assert "ruff check ." in target["lint"] and "ruff format --check ." in target["lint"]
 
 
 def test_pytest_runs_notebooks_in_strict_nbval_mode():
