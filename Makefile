@@ -30,7 +30,7 @@ test: lint
 
 ## Lint and the unit tests, no notebooks: the fast lane (under a minute).
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow" -p no:nbval tests
+	$(BIN)/python -m pytest -m "not slow" -o addopts="-p no:cacheprovider" tests
 
 ## Re-execute every notebook in place, top to bottom in a fresh kernel (what gets committed).
 execute: $(STAMP)

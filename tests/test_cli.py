@@ -56,6 +56,7 @@ def test_bad_flag_values_are_usage_errors(args, complaint, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bad_flag_from_the_shell_prints_usage_not_a_traceback():
     result = shell("train", "--epochs", "0")
     assert result.returncode == 2 and "usage:" in result.stderr
@@ -108,6 +109,7 @@ def test_flags_reach_the_training(monkeypatch, tmp_path, capsys):
     assert "Saved" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_missing_data_is_a_message_not_a_traceback(tmp_path):
     env = {
         **os.environ,
@@ -212,6 +214,7 @@ def test_missing_save_folder_is_announced_then_created(tmp_path, capsys):
     assert f"the folder {target.parent} will be created" in out and target.is_file()
 
 
+@pytest.mark.slow
 def test_dry_run_end_to_end_from_the_shell(tmp_path):
     """The real command, start to finish: one batch of training, one of testing, a checkpoint."""
     target = tmp_path / "m.pt"

@@ -48,6 +48,7 @@ def test_seeded_loader_gives_the_same_first_batch(test_set):
     assert not torch.equal(first[0], other)
 
 
+@pytest.mark.slow
 def test_tensor_path_yields_exactly_the_dataloader_batches(test_set):
     """Same order in, same bits out: the fast path is the DataLoader path without the copies."""
     fast = D.TensorBatches.from_dataset(test_set, batch_size=100)

@@ -111,6 +111,7 @@ def test_world_from_the_environment(monkeypatch):
         pass
 
 
+@pytest.mark.slow
 def test_world_of_one_without_torchrun(monkeypatch, tmp_path):
     """Plain python: the same code forms a world of one, saves, scores like train.evaluate."""
     from mnist_dissected.checkpoint import load_checkpoint
@@ -290,10 +291,12 @@ def ranks(launched) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)] + [out]
 
 
+@pytest.mark.slow
 def test_two_real_processes_formed_one_world(ranks):
     assert [ranks[r]["world"] for r in range(2)] == [[0, 2, 0], [1, 2, 1]]
 
 
+@pytest.mark.slow
 def test_tensor_path_shards_like_distributed_sampler(ranks):
     reference = TensorBatches(
         torch.arange(23.0).view(23, 1, 1, 1), torch.arange(23), batch_size=4, shuffle=True, seed=3
@@ -308,6 +311,7 @@ def test_tensor_path_shards_like_distributed_sampler(ranks):
     assert ranks[0]["tensor_epochs"][0] != ranks[0]["tensor_epochs"][1]  # reshuffled
 
 
+@pytest.mark.slow
 def test_loader_path_shards_with_distributed_sampler(ranks):
     for epoch in range(2):
         parts = [[i for b in ranks[r]["loader_epochs"][epoch] for i in b] for r in range(2)]
@@ -316,6 +320,7 @@ def test_loader_path_shards_with_distributed_sampler(ranks):
     assert ranks[0]["loader_epochs"][0] != ranks[0]["loader_epochs"][1]  # set_epoch reshuffled
 
 
+@pytest.mark.slow
 def test_distributed_score_equals_the_single_process_score(ranks):
     for r in range(2):
         for path in ("tensors", "loader"):
@@ -325,10 +330,12 @@ def test_distributed_score_equals_the_single_process_score(ranks):
     assert ranks[0]["eval"] == ranks[1]["eval"]
 
 
+@pytest.mark.slow
 def test_mean_over_ranks(ranks):
     assert ranks[0]["mean_over_ranks"] == ranks[1]["mean_over_ranks"] == [0.5, 5.0]
 
 
+@pytest.mark.slow
 def test_only_rank_0_saves_and_a_plain_net_loads_it(ranks):
     from mnist_dissected.checkpoint import load_checkpoint, read_checkpoint
 
@@ -345,6 +352,7 @@ def test_only_rank_0_saves_and_a_plain_net_loads_it(ranks):
     assert [p.name for p in out.iterdir() if p.suffix == ".pt"] == ["ddp.pt"]  # no leftovers
 
 
+@pytest.mark.slow
 def test_train_ddp_dry_run_on_mnist(ranks):
     for r in range(2):
         result = ranks[r]["train_ddp"]
@@ -353,6 +361,7 @@ def test_train_ddp_dry_run_on_mnist(ranks):
     assert ranks[0]["train_ddp"] == ranks[1]["train_ddp"]
 
 
+@pytest.mark.slow
 def test_demo_ddp_step_gradients_and_parameters(launched, capsys):
     status, out, err = launched["demo"].result()
     assert status == 0, err[-3000:]
@@ -370,6 +379,7 @@ def test_demo_ddp_step_gradients_and_parameters(launched, capsys):
         print(f"\n[DDP vs single process: max abs gradient difference {diff:.1e}]")
 
 
+@pytest.mark.slow
 def test_a_world_that_cannot_form_fails_fast_and_says_why(launched):
     """A rank 1 at a port nobody listens on, and a rank 0 whose peer never comes: both give up
     after the 3-second timeout with the address and the seconds, not a hang."""

@@ -40,6 +40,7 @@ def test_onecycle_table_is_the_schedulers_own_sequence():
     assert max(lrs) == pytest.approx(0.01) and min(beta1s) == pytest.approx(0.85)
 
 
+@pytest.mark.slow
 def test_table_driven_adam_trains_like_adam_with_onecycle(batches):
     """What the captured step computes, run eagerly: the eager recipe's weights, up to float32
     rounding (the table-driven Adam computes its bias corrections in float32 tensors, PyTorch's
@@ -61,6 +62,7 @@ def test_table_driven_adam_trains_like_adam_with_onecycle(batches):
         assert_close(p, q, rtol=0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cuda_graph_falls_back_to_eager_with_a_message_off_cuda(capsys, monkeypatch, batches):
     assert "need an NVIDIA GPU" in fastpath.cuda_graph_unavailable(torch.device("cpu"))
     monkeypatch.setattr(

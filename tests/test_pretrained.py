@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from mnist_dissected import pretrained as P
@@ -100,6 +101,7 @@ def test_load_or_train_replaces_an_unreadable_cache(tmp_path, monkeypatch):
     assert calls == [1] and read_checkpoint(path)["seed"] == 1
 
 
+@pytest.mark.slow
 def test_two_processes_at_once_share_one_training(tmp_path):
     """nbval may run Parts 4 and 5 together: the file must end up whole, trained once."""
     script = textwrap.dedent(f"""

@@ -89,6 +89,7 @@ def test_evaluate_uses_eval_mode_and_no_graph(small):
     assert seen == [(False, False, None)] * 2, "eval mode, autograd off, no graph recorded"
 
 
+@pytest.mark.slow
 def test_train_epoch_logs_like_the_example(small, capsys):
     T.seed_everything(0)
     model = Net()
