@@ -3,7 +3,6 @@
 Why this module exists: the series claims that holding the data set as one tensor is faster
 than the per-image ``Dataset``/``DataLoader`` path, and that the fast recipe is fast. Timing
 claims belong in a benchmark run on purpose on the reader's machine, never in a timed test.
-Dissected in Part 4, §4.11.
 
 What it measures, in one run (a warm-up before anything is timed):
 

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe",
         choices=sorted(RECIPES),
         default="classic",
-        help="classic: the example's SGD; fast: Adam + one-cycle, >= 99%% in 3 epochs",
+        help="classic: the example's SGD; fast: Adam + one-cycle, about 99%% in 3 epochs",
     )
     t.add_argument(
         "--batch-size",
@@ -233,7 +233,7 @@ def check_save_path(text: str) -> tuple[Path, str | None]:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe a ``train`` command line asks for: the named recipe with the flags given
-    replacing its fields (Part 4, §4.10 shows that it is the notebook's recipe)."""
+    replacing its fields (Part 4, §4.13 shows that it is the notebook's recipe)."""
     overrides = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,

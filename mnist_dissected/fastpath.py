@@ -8,7 +8,7 @@ the one-cycle learning rate read from a table on the device) once, then launches
 with one call per step. ``torch.compile`` fuses the small element-wise kernels on CPU and GPU.
 Both are options of a recipe (``compile=True``, ``cuda_graph=True``): where one cannot run
 (no C++ compiler, no CUDA, an old PyTorch), training says why and runs eagerly, with the same
-numbers. Dissected in Part 4, §4.11; measured by ``python -m mnist_dissected bench``.
+numbers. Measured by ``python -m mnist_dissected bench``.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``,
     on an exception it is deleted and ``path`` is left as it was.
 
-    Folders are created only now, when there is something to write.
+    Folders are created only now, when there is something to write. Dissected in Part 4, §4.B.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def show_digits(
 
 def running_mean(values: Sequence[float] | torch.Tensor, n: int = 20) -> torch.Tensor:
     """The mean of each run of ``n`` consecutive values (``len(values) - n + 1`` of them):
-    a noisy per-step loss made readable. Used in Part 4, §4.9 and Part 5, §5.2."""
+    a noisy per-step loss made readable. Used in Part 4, §4.10 and Part 5, §5.2."""
     values = torch.as_tensor(values, dtype=torch.float64)
     if not 1 <= n <= len(values):
         raise ValueError(f"need 1 <= n <= {len(values)} values, got n={n}")
