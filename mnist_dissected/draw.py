@@ -1,4 +1,5 @@
 """Draw a digit, and watch the trained network read it: a live widget and its static fallback.
+Used in Part 5, §5.17.
 
 Why this module exists: a test accuracy of 99% says little until you write a digit yourself
 and see what the network makes of it. :class:`DigitPad` is a canvas in the notebook: draw with
@@ -405,6 +406,13 @@ class DigitPad(anywidget.AnyWidget):
         self.model = model
         self.result: Prediction | None = None
         self.observe(self._on_drawing, names="drawing")
+
+    def __repr__(self) -> str:
+        # What a front end without widgets shows instead of the canvas (and what nbval compares).
+        return (
+            f"DigitPad({type(self.model).__name__}): draw a digit in JupyterLab, "
+            "Notebook 7, VS Code or Colab"
+        )
 
     def _on_drawing(self, change: dict[str, Any]) -> None:
         url = change["new"]

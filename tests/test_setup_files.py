@@ -73,3 +73,20 @@ def test_pytest_runs_notebooks_in_strict_nbval_mode():
     assert "--nbval-current-env" in addopts
     assert any(a.startswith("--nbval-sanitize-with=") for a in addopts)
     assert re.search(r'^testpaths = \["tests", "notebooks"\]$', text, re.M)
+
+
+def test_make_lab_works_as_root_and_passes_extra_arguments():
+    """Jupyter refuses root without --allow-root (containers, cloud machines)."""
+    import os
+    import subprocess
+
+    result = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "lab", "LAB_ARGS=--port 8899 --no-browser"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    line = next(x for x in result.stdout.splitlines() if "jupyter lab" in x)
+    assert "--port 8899 --no-browser" in line and line.rstrip().endswith("notebooks/")
+    assert ("--allow-root" in line) == (os.geteuid() == 0)
