@@ -57,11 +57,16 @@ def oldest_python() -> str:
     return match[1]
 
 
-def floor_pins(extra: str = "test") -> list[str]:
-    """``name>=X.Y`` -> ``name==X.Y.*`` for the dependencies, the ``extra``'s and the build
+#: What ``make test`` installs: the package with these extras (JupyterLab for the browser test).
+EXTRAS = ("lab", "test")
+
+
+def floor_pins(extras: tuple[str, ...] = EXTRAS) -> list[str]:
+    """``name>=X.Y`` -> ``name==X.Y.*`` for the dependencies, the ``extras``' and the build
     backend, once each."""
     requirements = list(PYPROJECT["project"]["dependencies"])
-    requirements += PYPROJECT["project"]["optional-dependencies"][extra]
+    for extra in extras:
+        requirements += PYPROJECT["project"]["optional-dependencies"][extra]
     # The build backend too: the Colab test builds the package offline with this one.
     requirements += PYPROJECT["build-system"]["requires"]
     pins = {}
@@ -94,5 +99,7 @@ def floors(session: nox.Session) -> None:
 @nox.session(python=NEWEST_PYTHON)
 def newest(session: nox.Session) -> None:
     """The newest releases (what a reader gets today), on the newest Python."""
-    session.install("--upgrade", "--upgrade-strategy", "eager", "--editable", ".[test]")
+    session.install(
+        "--upgrade", "--upgrade-strategy", "eager", "--editable", f".[{','.join(EXTRAS)}]"
+    )
     run_suite(session)

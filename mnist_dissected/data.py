@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,11 +59,24 @@ def load_mnist(
                     datasets.MNIST(root, train=train, download=True)
                     missing = prepare_raw(root, downloaded=True)
             except Exception as e:  # torchvision raises RuntimeError/URLError/OSError variously
-                printed = log.getvalue().strip()  # older torchvision prints each mirror's error
-                cause = RuntimeError(f"{e}\n{printed}") if printed and printed not in str(e) else e
+                cause = download_failure(e, log.getvalue().strip())
         if missing:
             raise not_found_error(root, origin, missing, cause)
     return datasets.MNIST(root, train=train, transform=transform, download=False)
+
+
+def download_failure(error: Exception, printed: str) -> Exception:
+    """torchvision's error, with the file it was fetching named and what it printed kept.
+
+    Why: torchvision's wording differs by version (0.17 prints "Downloading <url>" lines and
+    says only "File not found or corrupted." for a bad checksum; later versions print nothing
+    and say "Error downloading <file>"), so the file is the last one either of them names."""
+    fetched = re.findall(r"[\w-]+-ubyte\.gz", f"{printed}\n{error}")
+    if not (fetched or printed):
+        return error
+    where = f"while downloading {fetched[-1]}: " if fetched else ""
+    details = f"\n{printed}" if printed and printed not in str(error) else ""
+    return RuntimeError(f"{where}{type(error).__name__}: {error}{details}")
 
 
 # --------------------------------------------------------------------------- transforms

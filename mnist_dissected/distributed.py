@@ -29,8 +29,10 @@ Without ``torchrun`` the same code forms a world of one process, so it also runs
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -241,6 +243,10 @@ def init_distributed(
         ) from e
     try:
         yield world
+        # Every rank done before the group goes: a rank that leaves while a peer's last
+        # collective (a gather's send) is still in flight hangs in destroy_process_group
+        # (seen with torch 2.2's gloo).
+        barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -818,13 +824,49 @@ def run_torchrun(
     """Run :func:`torchrun_command` and capture its output (text), within ``timeout_s``:
     how Part 6 launches real processes from a notebook and shows what rank 0 printed.
     ``OMP_NUM_THREADS=1`` is set unless ``env`` says otherwise (what ``torchrun`` would set,
-    with a warning, so N processes do not each start one thread per core)."""
+    with a warning, so N processes do not each start one thread per core).
+
+    On a timeout, ``torchrun`` *and its workers* are ended before ``TimeoutExpired`` is raised:
+    they run in a session of their own, so none is left behind spinning (killing ``torchrun``
+    alone would orphan a worker stuck in a collective)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
+    with subprocess.Popen(
         torchrun_command(args, nproc_per_node=nproc_per_node),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout_s,
         env=full_env,
         cwd=cwd,
-    )
+        start_new_session=True,
+    ) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _end_session(launcher)
+            stdout, stderr = launcher.communicate()
+            raise subprocess.TimeoutExpired(
+                launcher.args, timeout_s, output=stdout, stderr=stderr
+            ) from None
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
+
+
+def _end_session(launcher: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM to every process of ``launcher``'s session (torchrun passes it on to its
+    workers), then SIGKILL to whatever is still there after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _session_alive(launcher.pid):
+            launcher.poll()  # reap torchrun itself: a zombie still counts as in the session
+            time.sleep(0.1)
+        if not _session_alive(launcher.pid):
+            return
+
+
+def _session_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -394,6 +395,40 @@ def test_a_world_that_cannot_form_fails_fast_and_says_why(launched):
         "mnist_dissected.distributed.WorldError: " + start.format(0) + f"127.0.0.1:{alone}"
     ), uncaught
     assert "clients" in uncaught
+
+
+#: A worker that never finishes: it writes its PID, then waits.
+STUCK_WORKER = """
+import os, sys, time
+from pathlib import Path
+Path(sys.argv[1], f"worker{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_timed_out_launch_leaves_no_worker_behind(tmp_path):
+    """run_torchrun's timeout ends torchrun and its workers, not torchrun alone (a worker stuck
+    in a collective was once left spinning after the notebook cell gave up)."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_WORKER)
+    with pytest.raises(subprocess.TimeoutExpired):
+        D.run_torchrun([str(script), str(tmp_path)], timeout_s=15)
+    pids = [int(f.read_text()) for f in sorted(tmp_path.glob("worker*.pid"))]
+    assert len(pids) == 2, "both workers had started"
+    deadline = time.monotonic() + 5
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, pids)), f"workers still running: {pids}"
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

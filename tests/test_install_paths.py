@@ -185,7 +185,7 @@ def test_file_missing_on_the_mirror(mirror, empty_root, name):
     mirror.faults[name] = "404"
     with pytest.raises(FileNotFoundError) as err:
         load_mnist(root=empty_root, download=True)
-    assert_failed_cleanly(err, empty_root, f"Error downloading {name}", "404")
+    assert_failed_cleanly(err, empty_root, f"while downloading {name}", "404")
 
 
 @pytest.mark.parametrize("name", [NAMES[0], NAMES[-1]], ids=["first-file", "last-file"])
@@ -197,7 +197,7 @@ def test_truncated_download(mirror, empty_root, name):
         load_mnist(root=empty_root, download=True)
     assert mirror.requests.count(name) >= 1
     assert_failed_cleanly(
-        err, empty_root, f"Error downloading {name}", "File not found or corrupted"
+        err, empty_root, f"while downloading {name}", "File not found or corrupted"
     )
 
 
@@ -210,7 +210,7 @@ def test_shipped_files_fail_torchvisions_own_checksums(mirror, empty_root, monke
     with pytest.raises(FileNotFoundError) as err:
         load_mnist(root=empty_root, download=True)
     assert_failed_cleanly(
-        err, empty_root, f"Error downloading {NAMES[0]}", "File not found or corrupted"
+        err, empty_root, f"while downloading {NAMES[0]}", "File not found or corrupted"
     )
 
 
