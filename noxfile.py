@@ -13,6 +13,10 @@ Both need the package registry (PyTorch from PyPI: about 2.5 GB of downloads wit
 libraries, even on a machine without a GPU). A Python that is not on PATH is skipped by nox:
 with pyenv, e.g. ``PATH=$(pyenv root)/versions/3.10.13/bin:$PATH nox -s floors``. Arguments
 after ``--`` go to pytest, e.g. ``nox -s floors -- -m "not slow" -p no:nbval tests``.
+
+``.ci/run`` runs ``floors`` after ``make test`` (its environment installs meanwhile), without
+the tests marked ``newest_only``; ``newest`` is run by hand (a third full suite would not fit
+CI's 30 minutes, and ``make test`` already runs the newest releases, on Python 3.11).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ def test_time_epoch_trains_one_epoch_and_returns_seconds():
 
 
 @pytest.mark.slow
+@pytest.mark.newest_only
 def test_quick_json_has_the_documented_keys():
     result = subprocess.run(
         [sys.executable, "-m", "mnist_dissected", "bench", "--quick", "--json", "--device", "cpu"],

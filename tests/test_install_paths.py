@@ -416,6 +416,7 @@ def colab_environment(
 
 
 @pytest.mark.slow
+@pytest.mark.newest_only
 @pytest.mark.parametrize("stem", COLAB_PARTS)
 def test_colab_setup_cell_installs_from_git_and_the_notebook_runs(colab_like, mirror, stem):
     tmp, python, gitconfig = colab_like
