@@ -1,7 +1,10 @@
 """The set-up files agree: pip's pyproject.toml and conda's environment.yml, the README's two
 commands, the Makefile and CI."""
 
+import importlib.util
 import re
+import sys
+import types
 from pathlib import Path
 
 import yaml
@@ -56,6 +59,27 @@ def test_readme_quick_start_has_exactly_the_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_ci_runs_the_floors_session_after_make_test_and_it_pins_every_floor(monkeypatch):
+    """The oldest versions pyproject.toml claims are installed and tested by CI: nox's floors
+    session pins each requirement (package, lab and test extras, build backend) to its floor's
+    release line, on the oldest Python allowed."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("\nmake test\n") < ci.index("\nfloors -R -- ")
+    assert "--sessions floors" in ci and "--install-only" in ci
+    # noxfile.py read without nox installed: a stand-in for the two names it uses at import.
+    stand_in = types.SimpleNamespace(
+        options=types.SimpleNamespace(), session=lambda **_: lambda function: function
+    )
+    monkeypatch.setitem(sys.modules, "nox", stand_in)
+    spec = importlib.util.spec_from_file_location("noxfile_under_test", ROOT / "noxfile.py")
+    noxfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noxfile)
+    pins = dict(pin.split("==") for pin in noxfile.floor_pins())
+    for name, floor in pyproject_requirements().items():
+        assert pins[name] == floor.removeprefix(">=") + ".*", name
+    assert noxfile.oldest_python() == "3.10"
 
 
 def test_makefile_creates_the_venv_and_runs_lint_and_pytest():
