@@ -14,32 +14,39 @@ What it measures, in one run (a warm-up before anything is timed):
   accuracy reaches 99.0% (median, min, max, and how many seeds reached it);
 - one-time costs on their own lines: preparing the data tensors, compiling, capturing;
 - the ratio of the fast recipe's median seconds to 99% to one ``DataLoader`` epoch of the
-  example's recipe, on the same machine in the same run: comparable across machines.
+  example's recipe, on the same machine in the same run: comparable across machines;
+- where a fast-recipe step spends its time (:func:`profile_step`: ``torch.profiler``, grouped),
+  its arithmetic (``FlopCounterMode``) and the rate it reaches, beside the rate of one large
+  matrix multiplication on the same device: the gap between the two is what is left to win.
 
 ``--json`` prints the same figures as one JSON object with these keys: ``machine`` (torch,
 python, device, threads, processor), ``one_time_s`` (``data_tensors``, ``compile``,
 ``cuda_graph_capture``: seconds or null), ``classic_epoch_s`` (``dataloader``, ``tensors``),
-``fast`` (one entry per variant ``eager``/``compiled``/``graphed`` that ran: ``epoch_s``
-(median of all epochs), ``runs`` (per seed: ``seed``, ``train_s``, ``val_accuracy`` per epoch,
-``test_accuracy``), ``reached_99``, ``seeds``, ``median_s``, ``min_s``, ``max_s`` (seconds to
-99% among the seeds that reached it)), ``skipped`` (variant -> why), ``ratio_fast_to_99_over_
-classic_dataloader_epoch``.
+``step`` (:func:`profile_step`'s keys), ``fast`` (one entry per variant
+``eager``/``compiled``/``graphed`` that ran: ``epoch_s`` (median of all epochs), ``runs`` (per
+seed: ``seed``, ``train_s``, ``val_accuracy`` per epoch, ``test_accuracy``), ``reached_99``,
+``seeds``, ``median_s``, ``min_s``, ``max_s`` (seconds to 99% among the seeds that reached
+it)), ``skipped`` (variant -> why), ``ratio_fast_to_99_over_classic_dataloader_epoch``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from . import fastpath
 from .data import TensorBatches, load_mnist, make_loader, mnist_transform
-from .models import Net
+from .models import Net, loss_function
 from .train import (
     get_recipe,
     make_optimizer,
@@ -71,6 +78,136 @@ def time_epoch(batches, device: torch.device, *, channels_last: bool = False) ->
     train_epoch(model, batches, optimizer, device=device, progress=False)
     synchronize(device)
     return time.perf_counter() - start
+
+
+# The profiler's native library logs its stages, start and stop (and, without a GPU, a failed device
+# count) straight to file descriptor 2: lines that say nothing about the step being profiled.
+PROFILER_CHATTER = (
+    "profiler_start",
+    "profiler_stop",
+    "gpuGetDeviceCount failed",
+    "ActivityProfilerController",
+)
+
+
+@contextlib.contextmanager
+def profiler_chatter_filtered() -> Iterator[None]:
+    """Run the block with file descriptor 2 caught in a temporary file, then pass on every
+    line except the profiler's own chatter (:data:`PROFILER_CHATTER`): nothing else is lost,
+    and a notebook's output is not littered with lines about a GPU that is not there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [
+                line
+                for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                if not any(chatter in line for chatter in PROFILER_CHATTER)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+# Operator names (self time, as torch.profiler reports it) -> the part of the step they are.
+STEP_PARTS = (
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("convolution",)),
+    ("max pooling", ("max_pool",)),
+    ("ReLU", ("relu", "clamp_min", "threshold_backward")),
+    ("fully connected (matrix products)", ("mm",)),
+    ("optimizer (Adam)", ("Optimizer.", "_foreach", "adam", "sqrt", "lerp", "addcdiv")),
+)
+
+
+def step_part(name: str) -> str:
+    """Which part of a training step an operator belongs to (:data:`STEP_PARTS`)."""
+    for part, keys in STEP_PARTS:
+        if any(key in name for key in keys):
+            return part
+    return "everything else"
+
+
+def matmul_gflops(device: torch.device, *, size: int = 2048, repeats: int = 3) -> float:
+    """Billions of float32 operations per second of one large ``size`` x ``size`` matrix
+    product on ``device`` (best of ``repeats``): about what its arithmetic units can do."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def profile_step(
+    device: torch.device, *, batch_size: int = 256, steps: int = 10, seed: int = 1
+) -> dict[str, Any]:
+    """Where a training step of the fast recipe (``Net`` without dropout, channels_last, Adam)
+    spends its time, on random images of ``batch_size``: what the series measured before
+    changing anything (Part 4, §4.14).
+
+    Returns ``step_ms`` (mean over ``steps`` profiled steps, after 3 warm-up steps),
+    ``share`` (part of the step -> fraction of the operators' self time, on the CPU: on a GPU
+    that is the time spent launching kernels), ``top`` (the 8 operators with the most self
+    time: ``[name, ms per step]``), ``operators_per_step`` (ATen operators that call no other
+    ATen operator: the kernels a GPU would launch, whatever the batch size), ``flops_per_step``
+    (``FlopCounterMode``: forward, backward), ``gflops`` (the rate the step reaches) and
+    ``matmul_gflops`` (:func:`matmul_gflops`, the same device's rate on one large product).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    seed_everything(seed)
+    model = Net(dropout=0.0).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    images = torch.randn(batch_size, 1, 28, 28, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, 10, (batch_size,), device=device)
+    loss_fn = loss_function(model)
+    batches = [(images, targets)]
+    train_epoch(model, batches * 3, optimizer, device=device, progress=False)  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(model(images), targets).backward()
+    optimizer.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    with profiler_chatter_filtered(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        synchronize(device)
+        start = time.perf_counter()
+        train_epoch(model, batches * steps, optimizer, device=device, progress=False)
+        seconds = (time.perf_counter() - start) / steps
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    self_us: dict[str, float] = {}
+    for row in prof.key_averages():
+        self_us[row.key] = self_us.get(row.key, 0.0) + row.self_cpu_time_total
+    total = sum(self_us.values())
+    share: dict[str, float] = {part: 0.0 for part, _ in STEP_PARTS}
+    share["everything else"] = 0.0
+    for name, us in self_us.items():
+        share[step_part(name)] += us / total
+    top = sorted(self_us.items(), key=lambda item: -item[1])[:8]
+    return {
+        "batch_size": batch_size,
+        "step_ms": 1000 * seconds,
+        "share": share,
+        "top": [[name, us / steps / 1000] for name, us in top],
+        "operators_per_step": len(leaves) // steps,
+        "flops_per_step": flops,
+        "gflops": flops / seconds / 1e9,
+        "matmul_gflops": matmul_gflops(device),
+    }
 
 
 def fast_runs(device: torch.device, seeds: int, **options: Any) -> dict[str, Any]:
@@ -116,6 +253,7 @@ def measure(device: torch.device, *, seeds: int = 5, quick: bool = False) -> dic
         },
         "one_time_s": {"data_tensors": None, "compile": None, "cuda_graph_capture": None},
         "classic_epoch_s": {"dataloader": None, "tensors": None},
+        "step": None,
         "fast": {},
         "skipped": {},
     }
@@ -131,6 +269,7 @@ def measure(device: torch.device, *, seeds: int = 5, quick: bool = False) -> dic
         loader = make_loader(train_set, batch_size=64, shuffle=True, seed=1)
         figures["classic_epoch_s"]["dataloader"] = time_epoch(loader, device)
     figures["classic_epoch_s"]["tensors"] = time_epoch(tensors, device)
+    figures["step"] = profile_step(device, steps=3 if quick else 10)
 
     figures["fast"]["eager"] = fast_runs(device, seeds)
     variants = {"compiled": {"compile": True}, "graphed": {"cuda_graph": True}}
@@ -174,6 +313,18 @@ def report(figures: dict[str, Any]) -> str:
         "Example's recipe (SGD lr 0.01, momentum 0.5, batch 64), seconds per epoch:",
         f"  DataLoader (PIL -> ToTensor -> Normalize)  {_s(classic['dataloader'])}",
         f"  whole tensors (TensorBatches)              {_s(classic['tensors'])}",
+    ]
+    step = figures["step"]
+    if step is not None:
+        lines += [
+            "",
+            f"One fast-recipe step (batch {step['batch_size']}): {step['step_ms']:.1f} ms, "
+            f"{step['operators_per_step']} operators, {step['flops_per_step'] / 1e6:.0f} MFLOP "
+            f"= {step['gflops']:.1f} GFLOP/s (one large matmul here: "
+            f"{step['matmul_gflops']:.1f} GFLOP/s); where its time goes:",
+            "  " + ", ".join(f"{part} {100 * share:.0f}%" for part, share in step["share"].items()),
+        ]
+    lines += [
         "",
         "Fast recipe (Adam + one-cycle, batch 256, 3 epochs), test set scored once at the end:",
     ]
