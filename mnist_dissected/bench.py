@@ -66,6 +66,21 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def processor_name(device: torch.device) -> str:
+    """What runs the benchmark, in words a reader can look up: the GPU's name, or the CPU's
+    model name (``platform.processor()`` is often empty or just ``x86_64`` on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
 def time_epoch(batches, device: torch.device, *, channels_last: bool = False) -> float:
     """Seconds for one training epoch of ``Net`` with the classic recipe over ``batches``."""
     seed_everything(1)
@@ -249,7 +264,7 @@ def measure(device: torch.device, *, seeds: int = 5, quick: bool = False) -> dic
             "python": platform.python_version(),
             "device": str(device),
             "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": processor_name(device),
         },
         "one_time_s": {"data_tensors": None, "compile": None, "cuda_graph_capture": None},
         "classic_epoch_s": {"dataloader": None, "tensors": None},
@@ -301,6 +316,7 @@ def _s(value: float | None) -> str:
 def report(figures: dict[str, Any]) -> str:
     """The figures as the table the README quotes."""
     m, classic = figures["machine"], figures["classic_epoch_s"]
+    fast = get_recipe("fast")
     lines = [
         f"mnist-dissected bench: torch {m['torch']}, Python {m['python']}, {m['device']}, "
         f"{m['threads']} threads, {m['processor']}",
@@ -319,14 +335,16 @@ def report(figures: dict[str, Any]) -> str:
         lines += [
             "",
             f"One fast-recipe step (batch {step['batch_size']}): {step['step_ms']:.1f} ms, "
-            f"{step['operators_per_step']} operators, {step['flops_per_step'] / 1e6:.0f} MFLOP "
-            f"= {step['gflops']:.1f} GFLOP/s (one large matmul here: "
-            f"{step['matmul_gflops']:.1f} GFLOP/s); where its time goes:",
-            "  " + ", ".join(f"{part} {100 * share:.0f}%" for part, share in step["share"].items()),
+            f"{step['operators_per_step']} operators, {step['flops_per_step'] / 1e6:.0f} MFLOP",
+            f"  {step['gflops']:.1f} GFLOP/s (one large matrix product here: "
+            f"{step['matmul_gflops']:.1f} GFLOP/s)",
+            "  where its time goes: "
+            + ", ".join(f"{part} {100 * share:.0f}%" for part, share in step["share"].items()),
         ]
     lines += [
         "",
-        "Fast recipe (Adam + one-cycle, batch 256, 3 epochs), test set scored once at the end:",
+        f"Fast recipe ({fast.optimizer}, {fast.schedule}, batch {fast.batch_size}, "
+        f"{fast.epochs} epochs), test set scored once at the end:",
     ]
     for name, v in figures["fast"].items():
         tests = ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in v["runs"])

@@ -12,6 +12,7 @@ import torch
 
 from mnist_dissected.bench import (
     STEP_PARTS,
+    processor_name,
     profile_step,
     profiler_chatter_filtered,
     report,
@@ -42,6 +43,14 @@ def test_profile_step_counts_the_steps_arithmetic_and_shares_out_all_its_time():
     assert 50 < step["operators_per_step"] < 1000
     assert step["step_ms"] > 0 and step["gflops"] > 0 and step["matmul_gflops"] > 0
     assert len(step["top"]) == 8 and all(ms >= 0 for _, ms in step["top"])
+
+
+def test_the_processor_is_named_in_words_a_reader_can_look_up():
+    name = processor_name(torch.device("cpu"))
+    assert name and name.strip() == name
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "model name" in cpuinfo.read_text():
+        assert name in cpuinfo.read_text()  # the model, not just "x86_64"
 
 
 def test_step_parts_name_the_operators_of_a_training_step():
