@@ -201,6 +201,7 @@ def profile_step(
         synchronize(device)
         start = time.perf_counter()
         train_epoch(model, batches * steps, optimizer, device=device, progress=False)
+        synchronize(device)
         seconds = (time.perf_counter() - start) / steps
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
