@@ -169,9 +169,9 @@ def matmul_gflops(device: torch.device, *, size: int = 2048, repeats: int = 3) -
 def profile_step(
     device: torch.device, *, batch_size: int = 256, steps: int = 10, seed: int = 1
 ) -> dict[str, Any]:
-    """Where a training step of the fast recipe (``Net`` without dropout, channels_last, Adam)
-    spends its time, on random images of ``batch_size``: what the series measured before
-    changing anything (Part 4, §4.14).
+    """Where a training step of the fast recipe (its model, layout, optimizer and schedule, as
+    ``RECIPES["fast"]`` says) spends its time, on random images of ``batch_size``: what the
+    series measured before changing anything (Part 4, §4.14).
 
     Returns ``step_ms`` (mean over ``steps`` profiled steps, after 3 warm-up steps),
     ``share`` (part of the step -> fraction of the operators' self time, on the CPU: on a GPU
@@ -184,15 +184,19 @@ def profile_step(
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
+    recipe = get_recipe("fast", batch_size=batch_size)
     seed_everything(seed)
-    model = Net(dropout=0.0).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    model = Net.for_recipe(recipe).to(device)
     images = torch.randn(batch_size, 1, 28, 28, device=device)
-    images = images.contiguous(memory_format=torch.channels_last)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 10, (batch_size,), device=device)
+    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=3 + steps)
     loss_fn = loss_function(model)
     batches = [(images, targets)]
-    train_epoch(model, batches * 3, optimizer, device=device, progress=False)  # warm-up
+    run = dict(scheduler=scheduler, device=device, progress=False)
+    train_epoch(model, batches * 3, optimizer, **run)  # warm-up
     with FlopCounterMode(display=False) as counter:
         loss_fn(model(images), targets).backward()
     optimizer.zero_grad(set_to_none=True)
@@ -200,7 +204,7 @@ def profile_step(
     with profiler_chatter_filtered(), profile(activities=[ProfilerActivity.CPU]) as prof:
         synchronize(device)
         start = time.perf_counter()
-        train_epoch(model, batches * steps, optimizer, device=device, progress=False)
+        train_epoch(model, batches * steps, optimizer, **run)
         synchronize(device)
         seconds = (time.perf_counter() - start) / steps
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
