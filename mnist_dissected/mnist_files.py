@@ -162,6 +162,26 @@ def _decompress_verified(gz: Path, raw: Path, expected: str, *, downloaded: bool
             raise _write_failed(gz, raw, e) from e
 
 
+def _check_gz(gz: Path, expected: str, *, downloaded: bool = False) -> None:
+    """Raise :class:`CorruptDataError` unless ``gz`` decompresses to the expected content
+    (nothing written)."""
+    digest = hashlib.sha256()
+    with open(gz, "rb") as compressed, gzip.open(compressed, "rb") as src:
+        while True:
+            try:
+                chunk = src.read(1 << 20)
+            except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+                raise _corrupt(
+                    gz, expected, f"{type(e).__name__}: {e}", downloaded=downloaded
+                ) from e
+            if not chunk:
+                break
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        detail = f"its content has SHA-256 {digest.hexdigest()}"
+        raise _corrupt(gz, expected, detail, downloaded=downloaded)
+
+
 def _candidates(root: Path, name: str) -> list[Path]:
     """Where a shipped or downloaded ``.gz`` of ``name`` may lie under ``root``."""
     return [root / f"{name}.gz", raw_folder(root) / f"{name}.gz"]
@@ -211,7 +231,11 @@ def prepare_raw(root: Path, *, downloaded: bool = False) -> list[str]:
             if stamp == {"sha256": expected, "raw": _identity(raw), "gz": _identity(gz)}:
                 continue  # verified before, and neither file changed since
             if gz is not None and (stamp is None or stamp.get("gz") != _identity(gz)):
-                _decompress_verified(gz, raw, expected, downloaded=downloaded)  # new or changed
+                # a new or changed .gz: check it, and rewrite the copy only if the copy differs
+                # (so a read-only folder that already holds good files still loads)
+                _check_gz(gz, expected, downloaded=downloaded)
+                if sha256_of(raw) != expected:
+                    _decompress_verified(gz, raw, expected, downloaded=downloaded)
             elif (actual := sha256_of(raw)) != expected:
                 detail = f"its SHA-256 is {actual}"
                 raise _corrupt(raw, expected, detail, downloaded=downloaded)

@@ -36,7 +36,8 @@ def test_onecycle_table_is_the_schedulers_own_sequence():
         opt.step()
         sched.step()
     lrs, beta1s = fastpath.onecycle_table(0.01, 40)
-    assert_close(lrs, [lr for lr, _ in seen]) and assert_close(beta1s, [b for _, b in seen])
+    assert_close(lrs, [lr for lr, _ in seen])
+    assert_close(beta1s, [b for _, b in seen])
     assert max(lrs) == pytest.approx(0.01) and min(beta1s) == pytest.approx(0.85)
 
 

@@ -67,7 +67,7 @@ def test_shipped_gz_files_are_verified_and_decompressed_without_download(tmp_pat
     for name, digest in F.RESOURCES.items():
         raw = tmp_path / "MNIST" / "raw" / name
         assert F.sha256_of(raw) == digest
-    assert not list((tmp_path / "MNIST" / "raw").glob("*.part")), "no temporary files left"
+    assert leftovers(tmp_path) == [], "no temporary files left"
 
 
 def test_missing_files_offline_name_the_files_the_places_and_the_fix(tmp_path, no_download):
@@ -211,6 +211,41 @@ def test_read_only_folder_blames_the_folder_not_the_input(tmp_path, no_download)
             F.prepare_raw(tmp_path)
     finally:
         F.raw_folder(tmp_path).chmod(0o755)
+
+
+def refuse_writes(monkeypatch) -> None:
+    """What a read-only folder does to a writer, also for root (whom chmod does not stop)."""
+    import errno
+
+    import mnist_dissected.files as files
+
+    def read_only_mkstemp(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only_mkstemp)
+
+
+def test_read_only_folder_blames_the_folder_even_for_root(tmp_path, no_download, monkeypatch):
+    copy_shipped(tmp_path, *F.RESOURCES)
+    refuse_writes(monkeypatch)
+    with pytest.raises(F.DataWriteError, match="is fine and was not changed"):
+        F.prepare_raw(tmp_path)
+    assert not (F.raw_folder(tmp_path) / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_read_only_folder_with_verified_files_loads_and_hashes_again(
+    tmp_path, no_download, monkeypatch
+):
+    copy_shipped(tmp_path, *F.RESOURCES)
+    F.prepare_raw(tmp_path)
+    stamps = sorted(F.raw_folder(tmp_path).glob(f"*{F.STAMP_SUFFIX}"))
+    assert len(stamps) == len(F.RESOURCES)
+    for stamp in stamps:
+        stamp.unlink()
+    refuse_writes(monkeypatch)
+    assert F.prepare_raw(tmp_path) == [], "the data loads although no stamp can be written"
+    assert list(F.raw_folder(tmp_path).glob(f"*{F.STAMP_SUFFIX}")) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_a_file_where_the_folder_should_be_blames_the_place_written_to(tmp_path, no_download):
