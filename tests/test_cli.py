@@ -109,6 +109,28 @@ def test_flags_reach_the_training(monkeypatch, tmp_path, capsys):
     assert "Saved" in capsys.readouterr().out
 
 
+def test_fast_path_flags_and_the_bare_save_flag_reach_the_training(monkeypatch, tmp_path, capsys):
+    seen, saved = {}, []
+
+    def fake_train_model(model, recipe, **kwargs):
+        seen.update(kwargs, recipe=recipe)
+        return Trained(torch.nn.Linear(1, 1), [], recipe, {})
+
+    monkeypatch.setattr("mnist_dissected.train.train_model", fake_train_model)
+    monkeypatch.setattr(
+        "mnist_dissected.checkpoint.save_checkpoint",
+        lambda path, *a, **k: saved.append(Path(path)) or Path(path),
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--compile", "--cuda-graph", "--progress", "--device", "cpu"]
+    assert cli.main([*args, "--save-model"]) == 0
+    assert (seen["recipe"].compile, seen["recipe"].cuda_graph, seen["progress"]) == (True,) * 3
+    assert saved == [Path("mnist_cnn.pt")], "a bare --save-model writes the example's file name"
+    assert cli.main(["train", "--device", "cpu"]) == 0
+    assert (seen["recipe"].compile, seen["recipe"].cuda_graph, seen["progress"]) == (False,) * 3
+    assert saved == [Path("mnist_cnn.pt")], "no --save-model, nothing saved"
+
+
 @pytest.mark.slow
 def test_missing_data_is_a_message_not_a_traceback(tmp_path):
     env = {
@@ -154,7 +176,12 @@ def test_mps_where_there_is_none_is_one_line_not_a_backend_listing(capsys):
         ["--no-accel"],  # d8dd8ca^ and today's example
     ],
 )
-def test_the_examples_device_flags_pick_the_cpu(flags):
+def test_the_examples_device_flags_pick_the_cpu(flags, monkeypatch):
+    monkeypatch.delenv("MNIST_DISSECTED_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    unflagged = cli.build_parser().parse_args(["train"])
+    assert cli.parse_device(unflagged.device, no_accel=unflagged.no_accel).type == "cuda"
     args = cli.build_parser().parse_args(["train", *flags])
     assert cli.parse_device(args.device, no_accel=args.no_accel) == torch.device("cpu")
 

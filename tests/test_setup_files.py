@@ -9,16 +9,27 @@ from pathlib import Path
 
 import yaml
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's own copy of the same parser
+    from pip._vendor import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> PyPI name
 CONDA_ONLY = {"python", "pip"}
 
 
 def pyproject_requirements() -> dict[str, str]:
-    """name -> floor, from [project] dependencies and every optional-dependencies list."""
-    text = (ROOT / "pyproject.toml").read_text()
-    found = re.findall(r'^\s+"([A-Za-z0-9_.-]+)([<>=!~][^"]*)?",?$', text, re.M)
-    return {name.lower(): spec for name, spec in found}
+    """name -> floor, from [project] dependencies and every optional-dependencies list (read
+    as TOML, so a comment or spacing cannot hide a line)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    found = [
+        re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?(.*)", r.replace(" ", "")) for r in requirements
+    ]
+    return {m[1].lower(): m[3] for m in found}
 
 
 def conda_requirements() -> dict[str, str]:

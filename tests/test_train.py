@@ -142,8 +142,11 @@ def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expe
 
 
 def test_pick_device_reads_the_environment(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the variable wins over CUDA
     monkeypatch.setenv(T.DEVICE_ENV_VAR, "cpu")
     assert T.pick_device() == torch.device("cpu")
+    monkeypatch.delenv(T.DEVICE_ENV_VAR)
+    assert T.pick_device() == torch.device("cuda")
 
 
 def test_lenet_batches_are_padded(small):
