@@ -3,10 +3,14 @@ commands, the Makefile and CI."""
 
 import importlib.util
 import re
+import shutil
+import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 try:
@@ -125,3 +129,35 @@ def test_make_lab_works_as_root_and_passes_extra_arguments():
     line = next(x for x in result.stdout.splitlines() if "jupyter lab" in x)
     assert "--port 8899 --no-browser" in line and line.rstrip().endswith("notebooks/")
     assert ("--allow-root" in line) == (os.geteuid() == 0)
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_module_and_the_bundled_drawings(tmp_path):
+    """What `pip install` outside a checkout (and Colab) gets, built offline with this
+    environment's setuptools (the build floor in `nox -s floors`), without setuptools' warning
+    that a folder of the package would be ignored."""
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        source.mkdir(exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "mnist_dissected",
+        source / "mnist_dissected",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    build = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-index"),
+            *("--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr
+    (wheel,) = (tmp_path / "dist").glob("mnist_dissected-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {f"mnist_dissected/{p.name}" for p in (ROOT / "mnist_dissected").glob("*.py")}
+    drawings = {f"mnist_dissected/drawings/{d}.png" for d in (0, 2, 3, 7)}
+    assert modules | drawings <= names
