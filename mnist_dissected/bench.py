@@ -173,8 +173,9 @@ def profile_step(
     ``RECIPES["fast"]`` says) spends its time, on random images of ``batch_size``: what the
     series measured before changing anything (Part 4, §4.14).
 
-    Returns ``step_ms`` (mean over ``steps`` profiled steps, after 3 warm-up steps),
-    ``share`` (part of the step -> fraction of the operators' self time, on the CPU: on a GPU
+    Returns ``step_ms`` (mean over ``steps`` steps after 3 warm-up steps, timed without the
+    profiler, which slows what it watches), ``share`` (over ``steps`` more steps under the
+    profiler: part of the step -> fraction of the operators' self time, on the CPU: on a GPU
     that is the time spent launching kernels), ``top`` (the 8 operators with the most self
     time: ``[name, ms per step]``), ``operators_per_step`` (ATen operators that call no other
     ATen operator: the kernels a GPU would launch, whatever the batch size), ``flops_per_step``
@@ -192,7 +193,7 @@ def profile_step(
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 10, (batch_size,), device=device)
-    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=3 + steps)
+    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=3 + 2 * steps)
     loss_fn = loss_function(model)
     batches = [(images, targets)]
     run = dict(scheduler=scheduler, device=device, progress=False)
@@ -201,12 +202,13 @@ def profile_step(
         loss_fn(model(images), targets).backward()
     optimizer.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()
+    synchronize(device)
+    start = time.perf_counter()
+    train_epoch(model, batches * steps, optimizer, **run)
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / steps
     with profiler_chatter_filtered(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        synchronize(device)
-        start = time.perf_counter()
         train_epoch(model, batches * steps, optimizer, **run)
-        synchronize(device)
-        seconds = (time.perf_counter() - start) / steps
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
     self_us: dict[str, float] = {}

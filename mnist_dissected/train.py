@@ -42,8 +42,10 @@ DEVICE_ENV_VAR = "MNIST_DISSECTED_DEVICE"
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices), and ask cuDNN for deterministic kernels,
-    so the same seed on the same machine gives bitwise the same run. Dissected in Part 4, §4.7.
+    """Seed Python, NumPy and PyTorch (every device's generator), and ask cuDNN for
+    deterministic kernels. On the CPU the same seed on the same machine (and number of threads)
+    then gives bitwise the same run; on a GPU some other kernels still add in a varying order
+    unless ``torch.use_deterministic_algorithms(True)`` is set too. Dissected in Part 4, §4.7.
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -294,6 +296,17 @@ class Batches(NamedTuple):
     test: Iterable
 
 
+def cuda_graph_reason(recipe: Recipe, device: torch.device) -> str | None:
+    """Why the recipe's training step cannot be captured as a CUDA graph on ``device``, or
+    ``None`` when it can."""
+    from . import fastpath
+
+    reason = fastpath.cuda_graph_unavailable(device)
+    if reason is None and (recipe.optimizer, recipe.schedule) != ("adam", "onecycle"):
+        reason = "the captured step implements Adam with one-cycle (the fast recipe) only"
+    return reason
+
+
 def make_batches(
     recipe: Recipe,
     model_name: str = "net",
@@ -307,6 +320,8 @@ def make_batches(
     ``DataLoader`` or as in-memory tensors on ``device``; images padded to the model's input
     size (LeNet: 32). The validation split is the same for every seed."""
     pad = (model_class(model_name).input_size - 28) // 2
+    # a captured step takes one batch shape only; where it cannot run, the eager recipe's batches
+    drop_last = recipe.cuda_graph and cuda_graph_reason(recipe, torch.device(device)) is None
     where = {"root": root, "root_given_as": root_given_as}
     train_set = load_mnist(train=True, transform=mnist_transform(pad), **where)
     test_set = load_mnist(train=False, transform=mnist_transform(pad), **where)
@@ -319,6 +334,7 @@ def make_batches(
                 recipe.batch_size,
                 shuffle=True,
                 seed=seed,
+                drop_last=drop_last,
                 pin_memory=pin,
             ),
             make_loader(Subset(train_set, val_idx), recipe.test_batch_size, pin_memory=pin),
@@ -333,7 +349,7 @@ def make_batches(
                 batch_size=recipe.batch_size,
                 shuffle=True,
                 seed=seed,
-                drop_last=recipe.cuda_graph,  # a captured step takes one batch shape only
+                drop_last=drop_last,
                 **kw,
             ),
             TensorBatches.from_dataset(
@@ -366,9 +382,7 @@ def speed_up(
             fastpath.say(f"compile: {reason}; training without it")
     if not recipe.cuda_graph:
         return trained, None
-    reason = fastpath.cuda_graph_unavailable(data.device)
-    if reason is None and (recipe.optimizer, recipe.schedule) != ("adam", "onecycle"):
-        reason = "the captured step implements Adam with one-cycle (the fast recipe) only"
+    reason = cuda_graph_reason(recipe, data.device)
     if reason is not None:
         fastpath.say(f"cuda_graph: {reason}; training eagerly")
         return trained, None

@@ -137,3 +137,13 @@ def test_the_fast_path_needs_nothing_mps_lacks(batches):
         T.evaluate(net, batches, max_batches=2)
     assert torch.float64 not in seen.dtypes, seen.dtypes
     assert {"convolution", "max_pool2d_with_indices", "_log_softmax"} <= seen.ops
+
+
+@pytest.mark.slow
+def test_cuda_graph_off_cuda_trains_on_the_eager_recipes_batches():
+    """Falling back to eager means the eager recipe's numbers: no batch dropped for a capture
+    that does not happen."""
+    eager = T.make_batches(T.get_recipe("fast"), device="cpu")
+    asked = T.make_batches(T.get_recipe("fast", cuda_graph=True), device="cpu")
+    assert len(asked.train) == len(eager.train) == 215  # 55,000 / 256, the last one short
+    assert T.cuda_graph_reason(T.get_recipe("fast"), torch.device("cpu")) is not None
