@@ -122,9 +122,11 @@ def normalize_images(data: torch.Tensor, *, pad: int = 0) -> torch.Tensor:
 
 def centre_of_mass(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ink-weighted mean (row, column) of each image of a stack (..., H, W), in pixels
-    from the top-left pixel's centre: MNIST's makers put it at the middle of the 28 x 28
-    field. Dissected in Part 1, §1.3 (used again in Part 5, §5.14); the preprocessing of
-    drawings (:mod:`mnist_dissected.preprocess`) centres them by it.
+    from the top-left pixel's centre, so the middle of a 28 x 28 field is (13.5, 13.5).
+    MNIST's makers put it at (14, 14), half a pixel below and right of that middle (within
+    half a pixel: they shifted by whole pixels). Dissected in Part 1, §1.3 (used again in
+    Part 5, §5.14); the preprocessing of drawings (:mod:`mnist_dissected.preprocess`) centres
+    them by it.
     """
     mass = images.double()
     total = mass.sum(dim=(-2, -1))

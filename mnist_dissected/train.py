@@ -222,6 +222,8 @@ def evaluate(
         total_loss += loss_fn(output, target, reduction="sum").item()
         correct += (output.argmax(dim=1) == target).sum().item()
         n += len(target)
+    if n == 0:
+        raise ValueError("nothing to evaluate: no batches (or max_batches=0)")
     return total_loss / n, correct / n
 
 

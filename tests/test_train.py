@@ -206,3 +206,11 @@ def test_step_schedule_multiplies_by_gamma_each_epoch():
         opt.step()
         sched.step()
     assert rates == pytest.approx([0.01] * 3 + [0.005] * 3)
+
+
+def test_evaluate_on_nothing_says_so():
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        T.evaluate(Net(), [], device="cpu")
+    batch = [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        T.evaluate(Net(), batch, device="cpu", max_batches=0)
