@@ -1,5 +1,5 @@
 """Draw a digit, and watch the trained network read it: a live widget and its static fallback.
-Used in Part 5, §5.17.
+Used in Part 5: §5.12 (:func:`class_scores`, for saliency) and §5.17 (the widget).
 
 Why this module exists: a test accuracy of 99% says little until you write a digit yourself
 and see what the network makes of it. :class:`DigitPad` is a canvas in the notebook: draw with
@@ -7,7 +7,9 @@ the mouse or a finger (or upload a photo of a handwritten digit) and, at the end
 stroke, Python preprocesses the drawing exactly as MNIST's digits were
 (:func:`mnist_dissected.preprocess.to_mnist`), runs the model and shows the 28 x 28 image the
 model gets, its ten probabilities, its answer, and a saliency map: how much each input pixel
-moves the winning log-probability, :math:`|\\partial \\max_k \\log p_k / \\partial x|`.
+moves the winning class's score, :math:`|\\partial \\max_k z_k / \\partial x|`, where
+:math:`z` are the raw scores (logits) before ``log_softmax`` (:func:`class_scores`; the
+saliency of Part 5, §5.12, which shows why not the log-probability).
 
 The widget is an `anywidget <https://anywidget.dev>`_: its JavaScript is the string
 :data:`ESM` below, with no build step and nothing fetched from the network, and it runs in
@@ -51,7 +53,8 @@ class Prediction:
     ``digit``: its answer; ``probabilities``: the ten class probabilities (sum 1);
     ``image``: the 28 x 28 picture it got, ink 0..1 before ``Normalize`` (to draw);
     ``batch``: that picture as the model's 1 x 1 x 28 x 28 normalized input;
-    ``saliency``: 28 x 28, :math:`|\\partial \\max_k \\log p_k / \\partial x|` per pixel.
+    ``saliency``: 28 x 28, :math:`|\\partial \\max_k z_k / \\partial x|` per pixel, :math:`z` the
+    class scores of :func:`class_scores`.
     """
 
     digit: int
@@ -66,10 +69,47 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def class_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The raw class scores (logits, N x 10) of ``model`` for the batch ``x``, with their graph.
+
+    Why not the model's output: ``Net`` returns log-probabilities, and for a digit it is sure
+    of, the softmax is saturated: no pixel moves the winning log-probability (about 0) by much,
+    so its gradient is almost 0 everywhere, a blank saliency map (Part 5, §5.12). The score
+    before ``log_softmax`` does not saturate. ``Net.forward`` does not return it, so a forward
+    hook on the last ``nn.Linear`` layer (``fc2``) catches it, and a check makes sure it is what
+    ``log_softmax`` turns into the model's output. A model that returns scores (``LeNet``,
+    ``log_probs = False``) is simply run. The one function for Part 5's saliency and the widget.
+    """
+    net = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    if not getattr(net, "log_probs", False):
+        return model(x)
+    linears = [module for module in net.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear layer to catch its scores at")
+    caught: list[torch.Tensor] = []
+    handle = linears[-1].register_forward_hook(lambda module, inputs, output: caught.append(output))
+    try:
+        log_probs = model(x)
+    finally:
+        handle.remove()
+    scores = caught[-1]
+    try:
+        torch.testing.assert_close(scores.detach().log_softmax(dim=1), log_probs.detach())
+    except AssertionError as e:
+        raise ValueError(
+            f"the output of {type(net).__name__}'s last nn.Linear layer is not the scores that "
+            f"its forward turns into log-probabilities: {e}"
+        ) from e
+    return scores
+
+
 def predict_batch(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (10) and saliency (28 x 28) of ``model`` for one normalized 1 x 1 x 28 x 28
-    ``batch``. The model is run in eval mode (no dropout: the same drawing always gets the same
-    answer) and left in the mode it was in. A 32 x 32 model (LeNet) gets the batch padded."""
+    ``batch``. The saliency is :math:`|\\partial z_k / \\partial x|` for the winning class
+    :math:`k`, with :math:`z` from :func:`class_scores`: the score, not the log-probability,
+    whose gradient vanishes for a digit the model is sure of (Part 5, §5.12). The model is run
+    in eval mode (no dropout: the same drawing always gets the same answer) and left in the
+    mode it was in. A 32 x 32 model (LeNet) gets the batch padded."""
     if tuple(batch.shape) != (1, 1, 28, 28):
         raise ValueError(f"expected one normalized 1 x 1 x 28 x 28 image, got {tuple(batch.shape)}")
     x = batch.detach().to(_model_device(model), torch.float32).requires_grad_(True)
@@ -79,12 +119,11 @@ def predict_batch(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, 
     model.eval()
     try:
         with torch.enable_grad():
-            out = model(inputs)
-            log_probs = out if getattr(model, "log_probs", False) else F.log_softmax(out, dim=1)
-            log_probs[0].max().backward()
+            scores = class_scores(model, inputs)
+            scores[0].max().backward()
     finally:
         model.train(was_training)
-    probabilities = log_probs.detach()[0].exp().cpu()
+    probabilities = scores.detach()[0].softmax(dim=0).cpu()
     return probabilities, x.grad.detach()[0, 0].abs().cpu()
 
 
@@ -125,7 +164,7 @@ def plot_prediction(prediction: Prediction, *, drawing: Any = None, title: str =
     )
     *images, bars = axes
     pictures = [(prediction.image, "what the model gets", "gray")]
-    pictures.append((prediction.saliency, "saliency |∂ log p / ∂x|", "hot"))
+    pictures.append((prediction.saliency, "saliency |∂ score / ∂x|", "hot"))
     if drawing is not None:
         pictures.insert(0, (np.asarray(drawing), "the drawing", None))
     for ax, (picture, name, cmap) in zip(images, pictures, strict=True):
