@@ -4,7 +4,9 @@ Why this module exists:
 - A checkpoint is the ``state_dict`` plus what you need to trust it later: architecture,
   recipe, epochs, history, torch version. It is written atomically (temporary file, then
   rename), so a crash or a second process never leaves half a file under the real name.
-- Loading uses ``torch.load(..., weights_only=True)``: a checkpoint is a pickle, and a plain
+- Loading first checks the checksums the file's zip archive holds (``torch.load`` does not: a
+  damaged byte in the weights would load as a wrong number, silently), then uses
+  ``torch.load(..., weights_only=True)``: a checkpoint is a pickle, and a plain
   pickle can run any code when loaded. ``weights_only`` only rebuilds tensors and plain data,
   so a malicious file is refused instead of executed.
 - Saving and loading know nothing of training: the cache of trained models that Part 5 uses
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .files import atomic_write
-from .models import MODELS, MNISTModel
+from .models import MODELS, MNISTModel, unwrap
 
 FORMAT = "mnist-dissected/1"
 
@@ -47,10 +50,16 @@ def save_checkpoint(
     history: list[dict[str, Any]] | None = None,
     seed: int | None = None,
     test: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``model``'s weights with the metadata that makes them reproducible (the recipe, a
-    dataclass, is stored as plain data, which ``weights_only`` loading can read)."""
-    model = getattr(model, "module", model)  # inside DistributedDataParallel: no "module."
+    dataclass, is stored as plain data, which ``weights_only`` loading can read).
+
+    A model inside ``DistributedDataParallel`` or ``torch.compile`` is saved unwrapped (no
+    ``module.`` or ``_orig_mod.`` in the names), so that a plain model loads it. ``extra``:
+    more metadata, plain data under names of its own (e.g. who wrote the file).
+    """
+    model = unwrap(model)
     payload = {
         "format": FORMAT,
         "architecture": model.name,
@@ -63,6 +72,10 @@ def save_checkpoint(
         "test": test,
         "torch_version": str(torch.__version__),
     }
+    clash = sorted(set(extra or {}) & set(payload))
+    if clash:
+        raise ValueError(f"extra metadata may not replace the checkpoint's own fields {clash}")
+    payload.update(extra or {})
     return atomic_save(payload, path)
 
 
@@ -75,11 +88,40 @@ def _unpickler_reason(error: Exception) -> str:
     return words.split(". ")[0].strip()[:160] or "unknown content"
 
 
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is truncated or not a PyTorch checkpoint ({type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else 'no details'}); save it again"
+    )
+
+
+def check_integrity(path: Path) -> None:
+    """Raise :class:`CheckpointError` if a part of the checkpoint's zip archive no longer has
+    the checksum (CRC-32) it was saved with. ``torch.load`` does not check them, so a damaged
+    file (a bad disk, an interrupted copy) would otherwise load wrong weights silently. A
+    file that is no zip archive is left to ``torch.load``, which says what it is."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every part and compares its CRC-32
+    except Exception as e:  # a damaged archive fails in many ways
+        raise _unreadable(path, e) from e
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path} is damaged: its part {damaged} does not match the checksum it was saved "
+            "with (the file changed after it was written: a bad disk or an interrupted copy); "
+            "its weights cannot be trusted, save it again"
+        )
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file with ``weights_only=True`` and check it is one of ours."""
+    """Load a checkpoint file with ``weights_only=True``, after checking that it is whole
+    (:func:`check_integrity`), and check it is one of ours."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    check_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -92,10 +134,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"(What was refused: {_unpickler_reason(e)})"
         ) from e
     except Exception as e:  # zip, pickle and storage readers fail in many ways on bad bytes
-        raise CheckpointError(
-            f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no details'}); save it again"
-        ) from e
+        raise _unreadable(path, e) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an mnist-dissected checkpoint (no {FORMAT!r} format tag); for a "

@@ -13,21 +13,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .data import VALIDATION_SIZE
 from .models import MODELS
-from .train import RECIPES, Recipe, get_recipe
+from .train import DEVICE_ENV_VAR, RECIPES, Recipe, Trained, get_recipe
+
+if TYPE_CHECKING:
+    import torch
 
 #: Device types that can train a model here.
 TRAINING_DEVICES = ("cpu", "cuda", "mps")
+#: MNIST's 60,000 training images less those held out for validation: the largest batch.
+TRAINING_IMAGES = 60_000 - VALIDATION_SIZE
+
+T = TypeVar("T", int, float)
 
 
-def checked_number(convert, ok, requirement: str):
+def checked_number(
+    convert: Callable[[str], T], ok: Callable[[T], bool], requirement: str
+) -> Callable[[str], T]:
     """An argparse type: ``convert`` the text, then require ``ok(value)``; a bad value is a
     usage error that says why, not a traceback."""
 
-    def parse(text: str):
+    def parse(text: str) -> T:
         try:
             value = convert(text)
         except ValueError:
@@ -49,6 +60,8 @@ seed_value = checked_number(int, lambda v: 0 <= v < 2**32, "must be in 0 .. 4294
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``train`` and ``bench`` command lines: every value is checked as it is parsed, so
+    that a typo is a usage error before any work starts."""
     parser = argparse.ArgumentParser(
         prog="python -m mnist_dissected", description="Train and benchmark the MNIST example."
     )
@@ -138,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         "elsewhere eager, with a message)",
     )
     t.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA, then MPS, then CPU)"
+        "--device",
+        default=None,
+        help=f"cpu, cuda, cuda:1, mps (default: ${DEVICE_ENV_VAR} if set, else CUDA, then MPS, "
+        "then CPU)",
     )
     t.add_argument(
         "--no-accel",
@@ -164,13 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
         "through the DataLoader and through whole tensors, the fast recipe eager and (where "
         "available) compiled or graphed, and seconds to reach 99%% for several seeds.",
     )
-    b.add_argument("--device", default=None, help="device to benchmark (default: auto)")
+    b.add_argument(
+        "--device",
+        default=None,
+        help=f"device to benchmark: cpu, cuda, cuda:1, mps (default: ${DEVICE_ENV_VAR} if set, "
+        "else CUDA, then MPS, then CPU)",
+    )
     b.add_argument(
         "--seeds",
         type=positive_int,
-        default=5,
+        default=None,
         metavar="N",
-        help="how many seeds to time the fast recipe with (default 5)",
+        help="how many seeds to time the fast recipe with (default 5; --quick: 1)",
     )
     b.add_argument(
         "--quick",
@@ -181,14 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_device(text: str | None, *, no_accel: bool = False):
-    """The device to train on; a `ValueError` with one line saying why it cannot be used."""
-    import torch
-
+def parse_device(text: str | None, *, no_accel: bool = False) -> torch.device:
+    """The device to train on: ``text`` (``--device``), else ``$MNIST_DISSECTED_DEVICE``, else
+    the best one present; a ``ValueError`` with one line saying why it cannot be used. The
+    variable is checked as the flag is: a typo in it must not become a traceback."""
     from .train import pick_device
 
-    if text is None:
-        return pick_device("cpu" if no_accel else None)
+    if text is not None:
+        return usable_device(text, no_accel=no_accel)
+    if no_accel:
+        return pick_device("cpu")
+    if os.environ.get(DEVICE_ENV_VAR):
+        value = os.environ[DEVICE_ENV_VAR]
+        try:
+            return usable_device(value)
+        except ValueError as e:
+            raise ValueError(f"${DEVICE_ENV_VAR}={value}: {e}") from None
+    return pick_device(None)
+
+
+def usable_device(text: str, *, no_accel: bool = False) -> torch.device:
+    """``text`` as a device that can train a model here, or a ``ValueError`` saying why not."""
+    import torch
+
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
@@ -216,8 +252,11 @@ def parse_device(text: str | None, *, no_accel: bool = False):
 
 
 def check_save_path(text: str) -> tuple[Path, str | None]:
-    """``--save-model``'s path checked before training; returns it and a note to print, or
+    """``--save-model``'s path checked before training (a temporary file is made there and
+    deleted, so that what would fail at saving fails now); returns it and a note to print, or
     raises ``ValueError`` saying what is wrong with it."""
+    from .files import check_writable
+
     path = Path(text).expanduser()
     if path.is_dir():
         raise ValueError(f"{text} is a folder; give a file name, e.g. {path / 'mnist_cnn.pt'}")
@@ -227,6 +266,10 @@ def check_save_path(text: str) -> tuple[Path, str | None]:
         raise ValueError(f"cannot save under {existing}: it is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write into {existing}: permission denied")
+    try:
+        check_writable(path)  # leaves nothing behind, not even the folders it made
+    except OSError as e:
+        raise ValueError(f"cannot save to {text}: {e.strerror or e}") from None
     note = None if parent.is_dir() else f"Note: the folder {parent} will be created"
     return path, note
 
@@ -243,6 +286,16 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         "compile": args.compile or None,
         "cuda_graph": args.cuda_graph or None,
     }
+    if args.batch_size is not None and args.batch_size > TRAINING_IMAGES:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is more than the {TRAINING_IMAGES:,} training "
+            f"images; at most {TRAINING_IMAGES} (one batch per epoch)"
+        )
+    if args.momentum is not None and RECIPES[args.recipe].optimizer != "sgd":
+        raise ValueError(
+            f"--momentum is SGD's; the {args.recipe} recipe trains with another optimizer "
+            f"({RECIPES[args.recipe].optimizer})"
+        )
     if args.gamma is not None:
         if RECIPES[args.recipe].schedule not in (None, "step"):
             raise ValueError(
@@ -253,13 +306,45 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return get_recipe(args.recipe, **overrides)
 
 
+def save_elsewhere(run: Trained, save_path: Path, error: OSError, **metadata: Any) -> int:
+    """The trained model could not be saved where asked (a full disk, a folder removed
+    meanwhile): save it under a new name in the system's temporary folder rather than lose the
+    training, and say so in one line. Returns the exit status (1: not done as asked)."""
+    import tempfile
+
+    from .checkpoint import save_checkpoint
+
+    failed = f"error: could not save {save_path} ({error.strerror or error})"
+    try:
+        fd, fallback = tempfile.mkstemp(prefix="mnist_cnn-", suffix=".pt")
+        os.close(fd)
+        try:
+            save_checkpoint(fallback, run.model, **metadata)
+        except BaseException:
+            os.unlink(fallback)
+            raise
+    except OSError as e:
+        print(f"{failed}; nor in {tempfile.gettempdir()} ({e.strerror or e})", file=sys.stderr)
+        return 1
+    print(f"{failed}; the trained model was saved to {fallback} instead", file=sys.stderr)
+    return 1
+
+
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``train``: check every flag (a usage error through ``parser`` before any work), train,
+    save; under ``torchrun``, the distributed training of Part 6. Returns the exit status."""
     from .checkpoint import save_checkpoint
     from .train import train_model
 
+    distributed = "TORCHELASTIC_RUN_ID" in os.environ  # started by torchrun: one of several
     try:
         device = parse_device(args.device, no_accel=args.no_accel)
         recipe = recipe_from_args(args)
+        if distributed and (args.compile or args.cuda_graph):
+            raise ValueError(
+                "under torchrun the model trains eagerly inside DistributedDataParallel: "
+                "--compile and --cuda-graph are not used there; leave them out"
+            )
         save_path, note = check_save_path(args.save_model) if args.save_model else (None, None)
     except ValueError as e:
         parser.error(str(e))
@@ -272,7 +357,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "root_given_as": "--data",
         "dry_run": args.dry_run,
     }
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: one process of several
+    if distributed:
         from .distributed import run_train_cli
 
         return run_train_cli(args.model, recipe, device=device, save_path=save_path, **options)
@@ -281,14 +366,32 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"Training {args.model} with the {args.recipe} recipe on {device}")
     run = train_model(args.model, recipe, device=device, **options)
     if save_path is not None:
-        path = save_checkpoint(
-            save_path, run.model, recipe=recipe, history=run.history, seed=args.seed, test=run.test
-        )
+        metadata = {"recipe": recipe, "history": run.history, "seed": args.seed, "test": run.test}
+        try:
+            path = save_checkpoint(save_path, run.model, **metadata)
+        except OSError as e:
+            return save_elsewhere(run, save_path, e, **metadata)
         print(f"Saved {path}")
     return 0
 
 
+def run_bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``bench``: check the flags (a usage error through ``parser``), then measure."""
+    from .bench import run_bench
+
+    if args.quick and args.seeds not in (None, 1):
+        parser.error(f"--quick times one seed; leave out --seeds {args.seeds} or --quick")
+    try:
+        device = parse_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    seeds = 1 if args.quick else args.seeds or 5
+    return run_bench(device=str(device), seeds=seeds, quick=args.quick, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mnist_dissected``: returns the exit status (0 done, 1 an error explained in
+    one line, 2 a usage error); expected failures never end in a traceback."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
@@ -300,14 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(args, subparser)
-        from .bench import run_bench
-
-        return run_bench(
-            device=args.device,
-            seeds=1 if args.quick else args.seeds,
-            quick=args.quick,
-            as_json=args.json,
-        )
+        return run_bench_command(args, subparser)
     except (MNISTNotFoundError, CorruptDataError, DataWriteError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

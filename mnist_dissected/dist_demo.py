@@ -14,14 +14,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .cli import positive_float
 from .distributed import (
     ShardedBatches,
     World,
+    WorldError,
     init_distributed,
     print_in_rank_order,
     print_once,
@@ -44,7 +47,7 @@ SHOWN_ENV = (
 VARYING_ENV = ("MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
-def _gather(obj):
+def _gather(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -93,11 +96,35 @@ def demo_collectives(world: World) -> None:
     assert [p.tolist() for p in parts] == [[float(k)] * 2 for k in range(n)]
     print_in_rank_order(f"all_gather: {mine.tolist()} -> {[p.tolist() for p in parts]}")
 
-    grads = torch.tensor([2.0 * (r + 1)])
-    dist.all_reduce(grads)
-    grads /= n  # gloo has no ReduceOp.AVG: DDP sums, then divides by the world size
-    assert grads.item() == sum(2.0 * (k + 1) for k in range(n)) / n
-    print_once(f"average = all_reduce(SUM) / world_size: {grads.item():g} on every rank")
+    # How DDP averages gradients: each rank divides by the world size, then all_reduce(SUM).
+    # Why divide first? In float16 (largest value 65504) a sum of 40000s overflows.
+    grad = torch.tensor([40000.0], dtype=torch.float16)  # every rank's gradient
+    sum_first = grad.clone()
+    dist.all_reduce(sum_first)
+    sum_first /= n
+    divide_first = grad / n
+    dist.all_reduce(divide_first)
+    one_weight = wrap_ddp(_OneWeight())  # DDP itself, on a weight whose gradient is the input
+    one_weight(grad).sum().backward()
+    ddp_grad = unwrap(one_weight).weight.grad
+    assert ddp_grad.dtype == torch.float16 and ddp_grad.item() == divide_first.item() == 40000.0
+    assert n == 1 or sum_first.isinf().item()
+    print_once(
+        f"float16 gradients of 40000 on {n} rank{'s' * (n > 1)}: "
+        f"sum then divide {sum_first.item():g}, divide then sum {divide_first.item():g}, "
+        f"DDP {ddp_grad.item():g}"
+    )
+
+
+class _OneWeight(torch.nn.Module):
+    """One float16 weight w, ``forward(x) = w * x``: the gradient of ``w`` is ``x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1, dtype=torch.float16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x
 
 
 def demo_sampler(world: World) -> None:
@@ -180,7 +207,7 @@ def demo_ddp_step(world: World, *, show_difference: bool = False) -> None:
     F.nll_loss(single(images), targets).backward()
     mine = slice(r * per_rank, (r + 1) * per_rank)
     loss = F.nll_loss(model(images[mine]), targets[mine])
-    loss.backward()  # DDP all-reduces the gradients here and divides by the world size
+    loss.backward()  # DDP divides the gradients by the world size and all-reduces them here
     print_in_rank_order(f"samples {mine.start}..{mine.stop - 1}, local loss {loss.item():.4f}")
 
     diff = max(
@@ -212,6 +239,9 @@ DEMOS = ("env", "collectives", "sampler", "ddp-step")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demonstrations asked for; returns the exit status (a bad flag is a usage error,
+    processes that cannot form a world an error in one line, as in ``python -m
+    mnist_dissected``)."""
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc-per-node 2 -m mnist_dissected.dist_demo",
         description="Part 6's demonstrations of torch.distributed, run in real processes.",
@@ -229,24 +259,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=60.0,
+        metavar="S",
         help="seconds to wait for the other processes (default 60)",
     )
     args = parser.parse_args(argv)
     chosen = DEMOS if "all" in args.what else tuple(dict.fromkeys(args.what))
-    with init_distributed(backend="gloo", timeout_s=args.timeout) as world:
-        if world.world_size < 2:
-            print_once("note: a world of one process; launch with torchrun --nproc-per-node 2")
-        for what in chosen:
-            if what == "env":
-                demo_env(world, raw=args.raw)
-            elif what == "collectives":
-                demo_collectives(world)
-            elif what == "sampler":
-                demo_sampler(world)
-            else:
-                demo_ddp_step(world, show_difference=args.show_difference)
+    try:
+        with init_distributed(backend="gloo", timeout_s=args.timeout) as world:
+            if world.world_size < 2:
+                print_once("note: a world of one process; launch with torchrun --nproc-per-node 2")
+            for what in chosen:
+                if what == "env":
+                    demo_env(world, raw=args.raw)
+                elif what == "collectives":
+                    demo_collectives(world)
+                elif what == "sampler":
+                    demo_sampler(world)
+                else:
+                    demo_ddp_step(world, show_difference=args.show_difference)
+    except WorldError as e:  # the processes could not form a world: say why, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -52,6 +52,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from .models import unwrap  # what DDP wraps: saved and evaluated (Part 6, §6.6)
+
 if TYPE_CHECKING:  # imported when used: mnist_dissected.data imports torchvision (seconds)
     from .data import TensorBatches
 
@@ -468,23 +470,14 @@ def wrap_ddp(
     """``model`` (already on its device) inside ``DistributedDataParallel``. Dissected in
     Part 6, §6.4.
 
-    DDP copies rank 0's parameters to every rank here, and during ``backward`` it all-reduces
-    the gradients in buckets while the rest of the backward pass still runs, then divides by
-    the world size: every rank ends the step with the same averaged gradient, so the same
-    optimizer step keeps the copies identical.
+    DDP copies rank 0's parameters to every rank here, and during ``backward`` it divides the
+    gradients by the world size and all-reduces (sums) them in buckets while the rest of the
+    backward pass still runs: every rank ends the step with the same averaged gradient, so the
+    same optimizer step keeps the copies identical.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside ``DistributedDataParallel`` (or ``DataParallel``), else ``model``:
-    what you save (keys without the ``module.`` prefix, so the checkpoint loads into a plain
-    ``Net``) and what you evaluate (no DDP bookkeeping). Dissected in Part 6, §6.6."""
-    if isinstance(model, (DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def save_on_main(path: str | os.PathLike, model: nn.Module, **metadata: Any) -> Path | None:
@@ -528,7 +521,7 @@ def mean_over_ranks(values: Sequence[float]) -> list[float]:
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return list(values)
     t = torch.tensor(list(values), dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)  # SUM: gloo has no AVG
+    dist.all_reduce(t)  # SUM, then divide: gloo has ReduceOp.AVG only in newer PyTorch
     return (t / dist.get_world_size()).tolist()
 
 

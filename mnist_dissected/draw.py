@@ -36,6 +36,7 @@ import traitlets
 from PIL import Image, UnidentifiedImageError
 
 from .data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK
+from .models import unwrap
 from .preprocess import DrawingError, to_mnist
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def class_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``log_softmax`` turns into the model's output. A model that returns scores (``LeNet``,
     ``log_probs = False``) is simply run. The one function for Part 5's saliency and the widget.
     """
-    net = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    net = unwrap(model)  # the model inside DDP or torch.compile
     if not getattr(net, "log_probs", False):
         return model(x)
     linears = [module for module in net.modules() if isinstance(module, nn.Linear)]
@@ -113,7 +114,7 @@ def predict_batch(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, 
     if tuple(batch.shape) != (1, 1, 28, 28):
         raise ValueError(f"expected one normalized 1 x 1 x 28 x 28 image, got {tuple(batch.shape)}")
     x = batch.detach().to(_model_device(model), torch.float32).requires_grad_(True)
-    size = getattr(getattr(model, "module", model), "input_size", 28)
+    size = getattr(unwrap(model), "input_size", 28)
     inputs = F.pad(x, (2, 2, 2, 2), value=NORMALIZED_BLACK) if size == 32 else x
     was_training = model.training
     model.eval()

@@ -5,15 +5,20 @@ at once) must never leave half a file under its real name. Writing to a temporar
 same folder and renaming it into place gives readers the old file or the new one, nothing else.
 A process killed mid-write leaves its temporary file behind: the next write of the same file
 removes such leftovers, but never the temporary file of a write still running elsewhere (each
-writer holds a lock on its own temporary file while it writes).
+writer holds a lock on its own temporary file while it writes). A write that fails also takes
+away the folders it made for the file: nothing is left behind but what was there before.
+:func:`file_lock` makes processes take turns at work whose result one file holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +29,20 @@ except ImportError:  # Windows: no flock; leftovers are recognised by their age 
 
 #: On systems without ``flock``, a temporary file untouched for this long is a dead write's.
 STALE_AFTER_S = 3600.0
+#: The longest file name (in bytes) that common filesystems allow (ext4, APFS, NTFS, ...).
+NAME_MAX = 255
+#: What a temporary file's name adds to its prefix: ``mkstemp``'s 8 random characters, ".tmp".
+_TEMPORARY_TAIL = 8 + len(".tmp")
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.NAME.``, the start of the temporary files' names for ``path``: NAME is cut so that a
+    temporary's name is never longer than :data:`NAME_MAX` (a name that is legal for the file
+    itself must not fail at its temporary file)."""
+    name = path.name
+    while len(os.fsencode(f".{name}.")) + _TEMPORARY_TAIL > NAME_MAX:
+        name = name[:-1]
+    return f".{name}."
 
 
 def temporaries_of(path: str | os.PathLike) -> list[Path]:
@@ -31,7 +50,96 @@ def temporaries_of(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    # escaped: a name such as "m[1].pt" holds glob syntax; "?" * 8: mkstemp's random part
+    pattern = glob.escape(_temporary_prefix(path)) + "?" * 8 + ".tmp"
+    return sorted(path.parent.glob(pattern))
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the folders created here, outermost
+    first: what :func:`remove_empty_folders` takes away again if the write they were for fails
+    (a folder another process made meanwhile is not in the list)."""
+    folder = Path(folder)
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            break
+        missing.append(parent)
+    created: list[Path] = []
+    try:
+        for parent in reversed(missing):
+            try:
+                parent.mkdir()
+            except FileExistsError:
+                try:
+                    in_the_way = not stat.S_ISDIR(os.stat(parent).st_mode)  # e.g. a file
+                except FileNotFoundError:
+                    in_the_way = False  # made by another process and removed again
+                if in_the_way:
+                    raise
+                continue  # made by another process meanwhile: not ours to remove
+            created.append(parent)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    return created
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (from :func:`make_folders`), innermost first, where they are still
+    empty: one that another process has put a file in meanwhile stays."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows has no pathconf
+        return NAME_MAX
+
+
+def _new_temporary(path: Path, *, clean: bool = True) -> tuple[int, str, list[Path]]:
+    """A new temporary file beside ``path`` (its descriptor and name), after removing dead
+    writes' leftovers (``clean``), and the folders made for it (see :func:`make_folders`). If
+    another process removes a folder it made just after it was found there (its write failed,
+    or it was probing), the folder is made again."""
+    created: list[Path] = []
+    tries = 100  # each try fails only if another process removed a folder meanwhile
+    try:
+        while True:
+            try:
+                created += make_folders(path.parent)
+                if clean:
+                    remove_stale_temporaries(path)
+                prefix = _temporary_prefix(path)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+                return fd, tmp, created
+            except FileNotFoundError:  # a folder went away before the file was made
+                tries -= 1
+                if tries == 0:
+                    raise
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the ``OSError`` that :func:`atomic_write` would meet writing ``path`` (a folder
+    that cannot be made or written to, a name too long), before a long computation whose
+    result goes there. Nothing is written under ``path`` and nothing is left behind: a
+    temporary file is made and deleted, and the folders made for it are removed again."""
+    path = Path(path)
+    # no clean-up of leftovers: other processes' probes are not locked like writes
+    fd, tmp, created = _new_temporary(path, clean=False)
+    try:
+        os.close(fd)
+        if len(os.fsencode(path.name)) > _name_max(path.parent):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # (a write's clean-up may have taken it: unlocked)
+        remove_empty_folders(created)
 
 
 def _is_abandoned(tmp: Path) -> bool:
@@ -65,12 +173,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``,
     on an exception it is deleted and ``path`` is left as it was.
 
-    Folders are created only now, when there is something to write. Dissected in Part 4, §4.B.
+    Folders are created only now, when there is something to write, and removed again if the
+    write fails. Dissected in Part 4, §4.B.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp, created = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             if fcntl is not None:
@@ -82,5 +189,50 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal mode
             os.replace(tmp, path)
-    finally:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        remove_empty_folders(created)  # a failed write leaves no empty folder either
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock between processes, for work whose result one file will hold: two
+    processes asking for a trained model at once train it once (POSIX ``flock``; elsewhere no
+    lock, and the atomic write alone keeps the file whole).
+
+    The lock file is deleted on release, and the folders made for it if they stay empty:
+    nothing is left behind. Deleting it is safe because the holder deletes it while still
+    holding it, and a process that was waiting checks, once it holds the lock, that the file
+    it locked is still the one at ``lock_path``; if it is not (deleted, or made anew by a
+    third process), it locks the one there now.
+    """
+    if fcntl is None:  # Windows
+        yield
+        return
+    lock_path = Path(lock_path)
+    created: list[Path] = []
+    try:
+        while True:
+            try:
+                created += make_folders(lock_path.parent)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # the process that made a folder just removed it
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                    break
+            except FileNotFoundError:
+                pass
+            except BaseException:  # interrupted while waiting: hold nothing
+                os.close(fd)
+                raise
+            os.close(fd)  # the file we waited on was deleted by its holder: start again
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # still holding it: see the docstring
+            os.close(fd)  # releases the lock
+    finally:
+        remove_empty_folders(created)

@@ -17,6 +17,7 @@ fits), and :meth:`config` (the constructor arguments that rebuild it, for checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -162,18 +163,30 @@ def model_class(name: str) -> type[MNISTModel]:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
 
 
-def build_model(name: str, **kwargs: Any) -> MNISTModel:
-    """``"net"`` or ``"lenet"`` -> a fresh model (``kwargs`` go to its constructor)."""
-    return model_class(name)(**kwargs)
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable numbers in ``model``. Dissected in Part 2, §2.2."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def loss_function(model: nn.Module):
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside its wrappers: ``DistributedDataParallel``'s or ``DataParallel``'s
+    ``.module`` and ``torch.compile``'s ``_orig_mod``, in any order and nesting.
+
+    Why: a wrapper's ``state_dict`` names every weight with its prefix (``module.``,
+    ``_orig_mod.``), which a plain ``Net`` does not load, and it does not carry the model's
+    class attributes. So save, evaluate and ask questions of what this returns (the one
+    place that knows the wrappers; Part 6, §6.6 dissects DDP's).
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def loss_function(model: nn.Module) -> Callable[..., torch.Tensor]:
     """The loss that matches the model's output: NLL for log-probabilities, cross-entropy
     (log_softmax + NLL in one) for raw scores. Dissected in Part 3, §3.13."""
-    model = getattr(model, "module", model)  # the model inside DistributedDataParallel
-    return F.nll_loss if getattr(model, "log_probs", False) else F.cross_entropy
+    return F.nll_loss if getattr(unwrap(model), "log_probs", False) else F.cross_entropy

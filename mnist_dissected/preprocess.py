@@ -47,11 +47,21 @@ class DrawingError(ValueError):
 # --------------------------------------------------------------------------- input
 
 
+#: PIL's modes of grey images with more than 8 bits per pixel (PNG's 16-bit grey opens as
+#: "I;16", or as "I" in older Pillow versions).
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _to_array(image: Any) -> np.ndarray:
     """A NumPy view of a PIL image, a tensor, a nested list or an array (no copy if possible)."""
     if hasattr(image, "mode") and hasattr(image, "getbands"):  # a PIL image
-        if image.mode not in ("L", "RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        if image.mode in WIDE_GREY_MODES:
+            return _wide_grey(image)
+        # A palette or colour image can mark one entry or colour transparent ("transparency",
+        # PNG's tRNS): through RGBA its pixels stay transparent paper, not a black fill.
+        transparent = "A" in image.getbands() or "transparency" in image.info
+        if image.mode not in ("L", "RGB", "RGBA") or (transparent and image.mode != "RGBA"):
+            image = image.convert("RGBA" if transparent else "RGB")
         return np.asarray(image)
     if torch.is_tensor(image):
         return image.detach().cpu().numpy()
@@ -63,6 +73,19 @@ def _to_array(image: Any) -> np.ndarray:
         raise DrawingError(f"cannot read {type(image).__name__} as an image array: {e}") from e
 
 
+def _wide_grey(image: Any) -> np.ndarray:
+    """A 16-bit grey PIL image as float pixels in [0, 1]: divided by 65535, where a
+    ``convert`` to 8 bits would clip every value above 255 to white."""
+    array = np.asarray(image)
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+        raise DrawingError(
+            f"a {image.mode} image's pixels must lie in 0..65535 (16-bit grey), got values "
+            f"from {low} to {high}"
+        )
+    return array.astype(np.float64) / 65535
+
+
 def pixels(image: Any) -> torch.Tensor:
     """The image as float64 pixels in [0, 1], shape H x W x C with C = 1 (grey), 3 (RGB) or
     4 (RGBA): checked, so that everything after it can trust its input.
@@ -70,8 +93,10 @@ def pixels(image: Any) -> torch.Tensor:
     Accepts a PIL image, a NumPy array or a tensor, H x W or H x W x C (channels last, as
     PIL, NumPy and a browser canvas store them). Integer pixels must lie in 0..255 (8-bit, the
     format of PNG files, canvases and MNIST itself) and are divided by 255; float pixels must
-    already lie in [0, 1]. Anything else raises :class:`DrawingError` rather than being
-    guessed at: a wrong guess would give a confident answer about a different picture.
+    already lie in [0, 1]. A 16-bit grey PIL image is divided by 65535, and a palette image's
+    transparent entry stays transparent (alpha channel). Anything else raises
+    :class:`DrawingError` rather than being guessed at: a wrong guess would give a confident
+    answer about a different picture.
     """
     return torch.from_numpy(_pixels(image))
 

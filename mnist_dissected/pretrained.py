@@ -4,25 +4,25 @@ Why this module exists: Part 5 (and the "draw your digit" widget) need a trained
 retraining it every time a notebook runs wastes a minute. :func:`load_or_train` trains the
 fast recipe once per seed and caches the checkpoint; two processes asking at once (nbval runs
 notebooks side by side) train it once. The cache key is the whole recipe and the seed, so an
-edited recipe is retrained, never silently reused. Saving and loading themselves are
+edited recipe is retrained, never silently reused; a file it did not write itself is never
+replaced, only used if it holds the very model asked for. Saving and loading themselves are
 :mod:`mnist_dissected.checkpoint`'s job; training is :mod:`mnist_dissected.train`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .files import file_lock
 from .mnist_files import data_root
 from .models import MNISTModel
 from .train import Recipe, get_recipe, pick_device, train_model
@@ -43,26 +43,23 @@ def default_checkpoint_path(
     return data_root(root) / "checkpoints" / name
 
 
-@contextlib.contextmanager
-def file_lock(lock_path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (POSIX ``flock``; elsewhere no lock, and the atomic
-    write alone keeps the file whole)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+#: The mark :func:`load_or_train` leaves in the checkpoints it writes: the files it may replace.
+WRITTEN_BY = "mnist_dissected.pretrained.load_or_train"
 
 
 def _matches(meta: dict[str, Any], recipe: Recipe, seed: int) -> bool:
-    return meta.get("seed") == seed and meta.get("recipe") == dataclasses.asdict(recipe)
+    return (
+        str(meta.get("architecture")).lower() == "net"  # version 1 saved the class name
+        and meta.get("seed") == seed
+        and meta.get("recipe") == dataclasses.asdict(recipe)
+    )
+
+
+def _not_ours(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} {problem}, and load_or_train did not write it, so it was left as it is: pass "
+        "another path (or none, for the cache), or move or delete that file to train there"
+    )
 
 
 def load_or_train(
@@ -77,27 +74,45 @@ def load_or_train(
     """The ``Net`` trained with ``recipe`` and ``seed``: from the cache if it is there and was
     trained exactly so (every recipe field and the seed), else trained and cached.
 
+    A file at ``path`` that is not the model asked for is replaced only if load_or_train
+    wrote it (or it is in the cache, ``path=None``): anything else, e.g. a checkpoint saved
+    with another recipe or a bare ``state_dict``, raises :class:`~mnist_dissected.checkpoint.
+    CheckpointError` and is left as it is. Nobody's file is trained over.
+
     Returns the model in eval mode on ``device`` (default :func:`~mnist_dissected.train.
     pick_device`'s choice), the same device whether it was trained now or read from the cache,
     and the checkpoint's metadata (recipe, seed, history, test score). Dissected in Part 5, §5.1.
     """
     recipe = get_recipe(recipe)
     device = pick_device(device)
+    cache = path is None  # the cache's files are all load_or_train's
     path = Path(path) if path is not None else default_checkpoint_path(recipe, seed=seed, root=root)
     with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             try:
                 model, meta = load_checkpoint(path)
+            except CheckpointError as e:
+                if not cache:
+                    raise _not_ours(path, f"cannot be used ({e})") from e
+                print(f"cannot use the cached checkpoint ({e}); training again", file=sys.stderr)
+            else:
                 if _matches(meta, recipe, seed):
                     return model.to(device), meta
+                if not cache and meta.get("written_by") != WRITTEN_BY:
+                    wanted = f"Net trained with this recipe and seed {seed}"
+                    raise _not_ours(path, f"holds another model than {wanted}")
                 print(f"{path} was trained differently; training again", file=sys.stderr)
-            except CheckpointError as e:
-                print(f"cannot use the cached checkpoint ({e}); training again", file=sys.stderr)
         run = train_model(
             "net", recipe, seed=seed, device=device, progress=progress, verbose=False, root=root
         )
         save_checkpoint(
-            path, run.model, recipe=recipe, history=run.history, seed=seed, test=run.test
+            path,
+            run.model,
+            recipe=recipe,
+            history=run.history,
+            seed=seed,
+            test=run.test,
+            extra={"written_by": WRITTEN_BY},
         )
         meta = {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"}
         return run.model.to(device).eval(), meta

@@ -151,14 +151,38 @@ def test_version_1_checkpoints_name_the_class_and_still_load(saved, tmp_path):
     assert isinstance(model, Net)
 
 
-def test_checkpoint_of_a_ddp_model_loads_into_a_plain_net(tmp_path):
-    class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like from outside
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        torch.nn.DataParallel,  # DistributedDataParallel's ".module", without a process group
+        torch.compile,  # "_orig_mod"; compiling is lazy: saving needs no compiler
+        lambda net: torch.compile(torch.nn.DataParallel(net)),
+    ],
+    ids=["data-parallel", "compiled", "both"],
+)
+def test_checkpoint_of_a_wrapped_model_loads_into_a_plain_net(tmp_path, wrap):
     net = Net()
-    path = C.save_checkpoint(tmp_path / "ddp.pt", Wrapper(net))
-    assert not any(k.startswith("module.") for k in torch.load(path)["state_dict"])
-    loaded, _ = C.load_checkpoint(path, Net())
-    assert torch.equal(loaded.fc2.weight, net.fc2.weight)
+    path = C.save_checkpoint(tmp_path / "wrapped.pt", wrap(net))
+    names = torch.load(path, weights_only=True)["state_dict"]
+    assert names and not any(k.startswith(("module.", "_orig_mod.")) for k in names)
+    loaded, meta = C.load_checkpoint(path, Net())
+    assert torch.equal(loaded.fc2.weight, net.fc2.weight) and meta["architecture"] == "net"
+
+
+def test_a_damaged_checkpoint_is_refused_not_loaded_wrong(saved):
+    net, path = saved
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the weights: the archive's structure is intact
+    data[middle : middle + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+    with pytest.raises(C.CheckpointError, match="does not match the checksum") as err:
+        C.load_checkpoint(path, Net())
+    assert str(path) in str(err.value) and "save it again" in str(err.value)
+
+
+def test_extra_metadata_is_kept_but_cannot_replace_the_checkpoints_own(tmp_path):
+    path = C.save_checkpoint(tmp_path / "m.pt", Net(), extra={"written_by": "me"})
+    assert C.load_checkpoint(path)[1]["written_by"] == "me"
+    with pytest.raises(ValueError, match=r"may not replace.*\['seed'\]"):
+        C.save_checkpoint(tmp_path / "n.pt", Net(), extra={"seed": 3})
+    assert not (tmp_path / "n.pt").exists()

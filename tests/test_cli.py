@@ -1,5 +1,6 @@
 """The command line: the example's flags, usage errors without tracebacks, clear data errors."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dissected import cli
+from mnist_dissected import cli, dist_demo
 from mnist_dissected.checkpoint import load_checkpoint
 from mnist_dissected.models import Net
 from mnist_dissected.train import Trained
@@ -46,9 +47,12 @@ def shell(*args: str, env: dict | None = None, timeout: float = 300):
         (["train", "--device", "banana"], "is not a device"),
         (["train", "--device", "cuda", "--no-cuda"], "contradict"),
         (["train", "--recipe", "fast", "--gamma", "0.7"], "the fast recipe has its own (onecycle)"),
+        (["train", "--recipe", "fast", "--momentum", "0.9"], "--momentum is SGD's; the fast"),
+        (["train", "--batch-size", "55001"], "more than the 55,000 training images"),
+        (["bench", "--seeds", "0"], "must be at least 1"),
     ],
 )
-def test_bad_flag_values_are_usage_errors(args, complaint, capsys):
+def test_bad_flag_values_are_usage_errors(args, complaint, capsys, no_training):
     with pytest.raises(SystemExit) as exit_:
         cli.main(args)
     err = capsys.readouterr().err
@@ -256,3 +260,154 @@ def test_dry_run_end_to_end_from_the_shell(tmp_path):
     assert lines[3] == f"Saved {target}"
     model, meta = load_checkpoint(target)
     assert isinstance(model, Net) and meta["epochs"] == 1
+
+
+def test_the_largest_batch_is_the_whole_training_split():
+    args = cli.build_parser().parse_args(["train", "--batch-size", "55000"])
+    assert cli.recipe_from_args(args).batch_size == 55_000 == cli.TRAINING_IMAGES
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any attempt to train or benchmark fails the test: the errors must come before."""
+    for target in ("mnist_dissected.train.train_model", "mnist_dissected.bench.run_bench"):
+        monkeypatch.setattr(target, lambda *a, **k: pytest.fail("work started despite a bad flag"))
+
+
+def usage_error(args, capsys) -> str:
+    """The one error line of a usage error (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" in err and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+@pytest.mark.parametrize(
+    "value, complaint",
+    [("foo", "is not a device"), ("meta", "cannot train a model"), ("cuda", "CUDA is not")],
+)
+def test_the_device_variable_is_checked_like_the_flag(
+    command, value, complaint, monkeypatch, capsys, no_training
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without
+    monkeypatch.setenv("MNIST_DISSECTED_DEVICE", value)
+    line = usage_error([command], capsys)
+    assert f"$MNIST_DISSECTED_DEVICE={value}: " in line and complaint in line
+    assert cli.parse_device("cpu") == torch.device("cpu"), "--device wins over the variable"
+
+
+def test_the_device_help_names_the_variable():
+    parser = cli.build_parser()
+    for command in ("train", "bench"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        assert "$MNIST_DISSECTED_DEVICE" in " ".join(sub.format_help().split())
+
+
+@pytest.mark.parametrize(
+    "device, complaint",
+    [("foo", "is not a device"), ("meta", "cannot train a model"), ("cuda", "CUDA is not")],
+)
+def test_bench_checks_its_device_flag(device, complaint, monkeypatch, capsys, no_training):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert complaint in usage_error(["bench", "--device", device], capsys)
+
+
+def test_bench_quick_with_several_seeds_is_a_usage_error(capsys, no_training):
+    assert "--quick times one seed" in usage_error(["bench", "--quick", "--seeds", "3"], capsys)
+
+
+@pytest.mark.parametrize(
+    "flags, seeds",
+    [([], 5), (["--seeds", "3"], 3), (["--quick"], 1), (["--quick", "--seeds", "1"], 1)],
+)
+def test_bench_flags_reach_the_benchmark(flags, seeds, monkeypatch):
+    seen = {}
+    monkeypatch.delenv("MNIST_DISSECTED_DEVICE", raising=False)
+    monkeypatch.setattr(
+        "mnist_dissected.bench.run_bench", lambda **kwargs: seen.update(kwargs) or 0
+    )
+    assert cli.main(["bench", "--device", "cpu", *flags]) == 0
+    assert seen == {"device": "cpu", "seeds": seeds, "quick": "--quick" in flags, "as_json": False}
+
+
+@pytest.mark.parametrize("flag", ["--compile", "--cuda-graph"])
+def test_fast_path_flags_are_refused_under_torchrun(flag, monkeypatch, capsys, no_training):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setattr(
+        "mnist_dissected.distributed.run_train_cli",
+        lambda *a, **k: pytest.fail("trained under torchrun with a flag it ignores"),
+    )
+    line = usage_error(["train", "--device", "cpu", flag], capsys)
+    assert "under torchrun" in line and "leave them out" in line
+
+
+def test_a_save_path_that_cannot_be_written_is_refused_before_training(
+    tmp_path, monkeypatch, capsys, no_training
+):
+    monkeypatch.chdir(tmp_path)
+    line = usage_error(["train", "--device", "cpu", "--save-model", f"sv/{'a' * 300}.pt"], capsys)
+    assert "cannot save to sv/" in line and os.strerror(errno.ENAMETOOLONG) in line
+    assert os.listdir(tmp_path) == [], "the probe left no folder behind"
+
+
+def fake_training_then(monkeypatch, save_fails_for):
+    """Training that returns a Net at once; saving fails for the paths in ``save_fails_for``."""
+    from mnist_dissected import checkpoint
+
+    real_save = checkpoint.save_checkpoint
+
+    def save(path, *args, **kwargs):
+        if Path(path) in save_fails_for or "*" in save_fails_for:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(
+        "mnist_dissected.train.train_model",
+        lambda model, recipe, **kwargs: Trained(Net(), [], recipe, {"accuracy": 0.5}),
+    )
+    monkeypatch.setattr("mnist_dissected.checkpoint.save_checkpoint", save)
+
+
+def test_a_failed_save_after_training_keeps_the_model_elsewhere(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "out" / "m.pt"
+    fake_training_then(monkeypatch, {target})
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert cli.main(["train", "--device", "cpu", "--save-model", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"could not save {target} (No space left on device)" in err
+    [fallback] = (tmp_path / "tmp").iterdir()
+    assert f"saved to {fallback} instead" in err
+    model, meta = load_checkpoint(fallback)
+    assert isinstance(model, Net) and meta["seed"] == 1 and meta["recipe"]["name"] == "classic"
+    assert not (tmp_path / "out").exists(), "no empty folder left where the save failed"
+
+
+def test_a_failed_save_with_no_way_out_is_one_line(tmp_path, monkeypatch, capsys):
+    fake_training_then(monkeypatch, {"*"})
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert cli.main(["train", "--device", "cpu", "--save-model", str(tmp_path / "m.pt")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nor in" in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "tmp") == [] and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-5", "soon"])
+def test_dist_demo_timeout_must_be_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        dist_demo.main(["env", "--timeout", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--timeout" in err and "Traceback" not in err
+
+
+def test_dist_demo_in_a_half_described_world_is_one_line(monkeypatch, capsys):
+    for name in ("WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "0")  # what a hand-made launch might set, and nothing else
+    assert dist_demo.main(["env"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not set" in err and len(err.splitlines()) == 1

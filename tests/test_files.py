@@ -1,13 +1,23 @@
 """Atomic writes: the old file or the new one, never half of one, and no leftovers."""
 
+import errno
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from mnist_dissected.files import atomic_write, remove_stale_temporaries, temporaries_of
+from mnist_dissected.files import (
+    atomic_write,
+    check_writable,
+    file_lock,
+    make_folders,
+    remove_empty_folders,
+    remove_stale_temporaries,
+    temporaries_of,
+)
 
 
 def test_clean_exit_replaces_the_file(tmp_path):
@@ -74,3 +84,105 @@ def test_failure_mid_write_leaves_no_stray_file_of_any_name(tmp_path):
         f.write(b"partial")
         raise OSError("no space left on device")
     assert set(os.listdir(tmp_path)) == before
+
+
+def test_temporaries_of_a_name_with_glob_characters(tmp_path):
+    path = tmp_path / "m[1].pt"
+    mine = tmp_path / ".m[1].pt.abcd1234.tmp"
+    others = [tmp_path / ".m1.pt.abcd1234.tmp", tmp_path / ".m[1].pt.x.abcd1234.tmp"]
+    for p in (mine, *others):
+        p.write_bytes(b"left over")
+    assert temporaries_of(path) == [mine], "its own leftovers, and only those"
+    assert remove_stale_temporaries(path) == [mine] and all(p.exists() for p in others)
+
+
+def test_a_long_name_that_is_legal_is_written(tmp_path):
+    path = tmp_path / ("a" * 250 + ".pt")  # 253 bytes: the temporary's name must be cut
+    with atomic_write(path) as f:
+        assert len(temporaries_of(path)) == 1
+        assert all(len(t.name) <= 255 for t in temporaries_of(path))
+        f.write(b"whole")
+    assert path.read_bytes() == b"whole" and temporaries_of(path) == []
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    (tmp_path / "kept").mkdir()
+    path = tmp_path / "kept" / "new" / "deeper" / "f.bin"
+    with pytest.raises(OSError), atomic_write(path) as f:
+        f.write(b"half")
+        raise OSError("truncated input")
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
+def test_make_folders_lists_only_what_it_made(tmp_path):
+    (tmp_path / "a").mkdir()
+    made = make_folders(tmp_path / "a" / "b" / "c")
+    assert made == [tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"]
+    (tmp_path / "a" / "b" / "keep.txt").write_text("another process's file")
+    remove_empty_folders(made)
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == ["keep.txt"], "a folder in use stays"
+
+
+@pytest.mark.parametrize(
+    "name, error",
+    [("a" * 300 + ".pt", errno.ENAMETOOLONG), ("m.pt", None)],
+)
+def test_check_writable_probes_and_leaves_nothing_behind(tmp_path, name, error):
+    path = tmp_path / "new" / name
+    if error is None:
+        check_writable(path)
+    else:
+        with pytest.raises(OSError) as raised:
+            check_writable(path)
+        assert raised.value.errno == error
+    assert os.listdir(tmp_path) == [], "no file written, no folder left"
+
+
+def test_check_writable_refuses_a_file_in_the_way(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(OSError):
+        check_writable(tmp_path / "file.txt" / "sub" / "m.pt")
+    assert os.listdir(tmp_path) == ["file.txt"]
+
+
+def test_the_lock_excludes_other_processes_though_its_file_is_deleted(tmp_path):
+    """Each holder deletes the lock file on release: a process that waited on the deleted
+    file must lock the new one, or two would hold the lock at once (counts would be lost)."""
+    counter, lock = tmp_path / "counter", tmp_path / "counter.lock"
+    counter.write_text("0")
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from mnist_dissected.files import file_lock
+        counter = Path({str(counter)!r})
+        for _ in range(200):
+            with file_lock(Path({str(lock)!r})):
+                value = int(counter.read_text())
+                counter.write_text(str(value + 1))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert counter.read_text() == "600", "no two processes held the lock at once"
+    assert os.listdir(tmp_path) == ["counter"], "no lock file left"
+
+
+def test_file_lock_leaves_no_file_or_folder_behind(tmp_path):
+    lock = tmp_path / "new" / "m.pt.lock"
+    with file_lock(lock):
+        assert lock.exists()
+    assert os.listdir(tmp_path) == [], "the lock file and the folder made for it are gone"
+
+
+def test_processes_probing_one_new_folder_at_once_all_succeed(tmp_path):
+    """Under torchrun every rank checks --save-model's path at the same moment: one removing
+    the folder it made must not fail another that found the folder there."""
+    script = textwrap.dedent(f"""
+        from mnist_dissected.files import check_writable
+        for _ in range(300):
+            check_writable({str(tmp_path / "new" / "deeper" / "m.pt")!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    # An empty folder may stay: one process cannot know that another made the folder it found
+    assert [files for _, _, files in os.walk(tmp_path)] == [[]] * len(list(os.walk(tmp_path)))

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mnist_dissected.models import LeNet, Net, build_model, count_parameters, loss_function
+from mnist_dissected.models import (
+    LeNet,
+    Net,
+    count_parameters,
+    loss_function,
+    model_class,
+    unwrap,
+)
 
 
 def test_net_is_the_pytorch_example_network():
@@ -93,7 +100,17 @@ def test_wrong_input_shapes_get_clear_errors(shape, hint):
         Net()(torch.zeros(shape))
 
 
-def test_build_model_by_name():
-    assert isinstance(build_model("Net"), Net) and isinstance(build_model("lenet"), LeNet)
+def test_model_class_by_name():
+    assert model_class("Net") is Net and model_class("lenet") is LeNet
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        build_model("resnet")
+        model_class("resnet")
+
+
+def test_unwrap_finds_the_model_inside_every_wrapper():
+    net = Net()
+    assert unwrap(net) is net
+    assert unwrap(nn.DataParallel(net)) is net  # DistributedDataParallel's ".module" too
+    assert unwrap(torch.compile(net)) is net  # lazy: nothing is compiled here
+    assert unwrap(torch.compile(nn.DataParallel(net))) is net
+    assert unwrap(nn.DataParallel(torch.compile(net))) is net
+    assert loss_function(nn.DataParallel(LeNet())) is torch.nn.functional.cross_entropy

@@ -91,6 +91,36 @@ def test_a_blank_drawing_is_refused(image):
         P.to_mnist(image)
 
 
+def test_a_palette_png_keeps_its_transparent_paper(tmp_path):
+    """A palette PNG whose paper entry is transparent (black, as a canvas's): through RGB the
+    paper would turn black like the ink, and the drawing would look blank."""
+    indices = canvas_digit(ink=1, paper=0)  # entry 0: transparent paper, entry 1: black ink
+    palette = Image.fromarray(indices, "P")
+    palette.putpalette([0, 0, 0, 0, 0, 0])
+    palette.save(tmp_path / "digit.png", transparency=0)
+    reopened = Image.open(tmp_path / "digit.png")
+    assert reopened.mode == "P" and "transparency" in reopened.info
+    assert P.pixels(reopened).shape[-1] == 4
+    expected = P.to_mnist(canvas_digit(ink=0, paper=255))  # the same digit, black on white
+    torch.testing.assert_close(P.to_mnist(reopened), expected)
+
+
+def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    digit = np.where(canvas_digit() > 0, 20000, 65535).astype(np.uint16)  # pencil on paper
+    Image.fromarray(digit).save(tmp_path / "digit16.png")
+    reopened = Image.open(tmp_path / "digit16.png")
+    assert reopened.mode.startswith("I")
+    x = P.pixels(reopened)
+    assert x.shape == (200, 200, 1)
+    assert x.max() == 1 and x.min().item() == pytest.approx(20000 / 65535)
+    torch.testing.assert_close(P.to_mnist(reopened), P.to_mnist(digit / 65535))
+    mode_i = Image.fromarray(digit.astype(np.int32))  # mode "I": older Pillow's 16-bit PNG
+    assert mode_i.mode == "I"
+    torch.testing.assert_close(P.pixels(mode_i), x)
+    with pytest.raises(P.DrawingError, match=r"0\.\.65535"):
+        P.pixels(Image.fromarray(np.full((4, 4), 70000, np.int32)))
+
+
 # --------------------------------------------------------------------------- the steps
 
 

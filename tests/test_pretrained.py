@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mnist_dissected import pretrained as P
-from mnist_dissected.checkpoint import read_checkpoint
-from mnist_dissected.models import Net
+from mnist_dissected.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from mnist_dissected.models import LeNet, Net
 from mnist_dissected.train import RECIPES, Trained, get_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +96,69 @@ def test_same_device_whether_trained_or_loaded(tmp_path, monkeypatch):
 def test_load_or_train_replaces_an_unreadable_cache(tmp_path, monkeypatch):
     calls = []
     fake_training(monkeypatch, calls)
-    path = tmp_path / "net.pt"
+    path = P.default_checkpoint_path(RECIPES["fast"], seed=1, root=tmp_path)
+    path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage")
-    P.load_or_train(path, seed=1)
+    P.load_or_train(seed=1, root=tmp_path)
     assert calls == [1] and read_checkpoint(path)["seed"] == 1
+
+
+def save_bare_state_dict(path):
+    torch.save(Net().state_dict(), path)
+
+
+def save_with_another_recipe(path):
+    save_checkpoint(path, Net(), recipe=RECIPES["classic"], seed=1)
+
+
+def save_lenet_as_fast(path):
+    save_checkpoint(path, LeNet(), recipe=RECIPES["fast"], seed=1)
+
+
+def save_garbage(path):
+    path.write_bytes(b"my notes")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [save_bare_state_dict, save_with_another_recipe, save_lenet_as_fast, save_garbage],
+)
+def test_a_file_load_or_train_did_not_write_is_never_trained_over(tmp_path, monkeypatch, make):
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = tmp_path / "mine.pt"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="left as it is") as err:
+        P.load_or_train(path, seed=1)
+    assert str(path) in str(err.value) and "pass another path" in str(err.value)
+    assert calls == [] and path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["mine.pt"], "no lock file left either"
+
+
+def test_a_users_checkpoint_of_the_very_model_asked_for_is_used(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = tmp_path / "mine.pt"
+    save_checkpoint(path, Net(dropout=0.0), recipe=RECIPES["fast"], seed=1)
+    before = path.read_bytes()
+    model, meta = P.load_or_train(path, seed=1)
+    assert calls == [] and path.read_bytes() == before and meta["seed"] == 1
+
+
+def test_no_lock_file_or_folder_is_left_behind(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    P.load_or_train(tmp_path / "cache" / "net.pt", seed=1)
+    assert os.listdir(tmp_path / "cache") == ["net.pt"]
+
+    def failing_training(*args, **kwargs):
+        raise RuntimeError("no data")
+
+    monkeypatch.setattr(P, "train_model", failing_training)
+    with pytest.raises(RuntimeError):
+        P.load_or_train(tmp_path / "new" / "deeper" / "net.pt", seed=1)
+    assert sorted(os.listdir(tmp_path)) == ["cache"], "the folders made for it are gone"
 
 
 @pytest.mark.slow
@@ -132,3 +191,4 @@ def test_two_processes_at_once_share_one_training(tmp_path):
     assert outs[0] == outs[1]
     assert (tmp_path / "trainings").read_text() == "x", "trained once, loaded once"
     assert read_checkpoint(tmp_path / "net.pt")["seed"] == 5
+    assert sorted(os.listdir(tmp_path)) == ["net.pt", "trainings"], "no lock file left"
