@@ -24,11 +24,7 @@ from PIL import Image
 
 from mnist_dissected import draw
 from mnist_dissected.preprocess import DrawingError
-
-try:
-    from mnist_dissected.pretrained import load_or_train
-except ImportError:  # before the package's reshape
-    from mnist_dissected.checkpoint import load_or_train
+from mnist_dissected.pretrained import load_or_train
 
 REPO = Path(__file__).resolve().parents[1]
 

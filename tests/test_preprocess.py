@@ -10,11 +10,7 @@ from PIL import Image
 
 from mnist_dissected import preprocess as P
 from mnist_dissected.data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK, load_mnist
-
-try:
-    from mnist_dissected.pretrained import load_or_train
-except ImportError:  # before the package's reshape
-    from mnist_dissected.checkpoint import load_or_train
+from mnist_dissected.pretrained import load_or_train
 
 
 def canvas_digit(*, size=200, top=40, left=60, height=120, width=30, ink=255, paper=0):
