@@ -21,8 +21,9 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from .files import atomic_write
 
@@ -136,28 +137,37 @@ def _write_failed(gz: Path, raw: Path, error: OSError) -> DataWriteError:
     )
 
 
+def _verified_chunks(
+    src: BinaryIO, gz: Path, expected: str, *, downloaded: bool
+) -> Iterator[bytes]:
+    """The decompressed content of ``gz`` (open as ``src``), chunk by chunk; raises
+    :class:`CorruptDataError` where it cannot be read, or after the last chunk if its SHA-256
+    is not ``expected``."""
+    digest = hashlib.sha256()
+    while True:
+        try:
+            chunk = src.read(1 << 20)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            raise _corrupt(gz, expected, f"{type(e).__name__}: {e}", downloaded=downloaded) from e
+        if not chunk:
+            break
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != expected:
+        detail = f"its content has SHA-256 {digest.hexdigest()}"
+        raise _corrupt(gz, expected, detail, downloaded=downloaded)
+
+
 def _decompress_verified(gz: Path, raw: Path, expected: str, *, downloaded: bool = False) -> None:
     """Decompress ``gz`` to ``raw`` atomically, only if its content has the expected checksum:
     a half-written or wrong file never appears under the final name. Reading the input and
     writing the copy fail differently: :class:`CorruptDataError` blames the input,
     :class:`DataWriteError` the place written to."""
-    digest = hashlib.sha256()
     with open(gz, "rb") as compressed:  # an unreadable input raises its own OSError here
         try:
             with atomic_write(raw) as out, gzip.open(compressed, "rb") as src:
-                while True:
-                    try:
-                        chunk = src.read(1 << 20)
-                    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-                        detail = f"{type(e).__name__}: {e}"
-                        raise _corrupt(gz, expected, detail, downloaded=downloaded) from e
-                    if not chunk:
-                        break
-                    digest.update(chunk)
+                for chunk in _verified_chunks(src, gz, expected, downloaded=downloaded):
                     out.write(chunk)
-                if digest.hexdigest() != expected:
-                    detail = f"its content has SHA-256 {digest.hexdigest()}"
-                    raise _corrupt(gz, expected, detail, downloaded=downloaded)
         except OSError as e:  # from creating, writing or renaming the copy
             raise _write_failed(gz, raw, e) from e
 
@@ -165,21 +175,9 @@ def _decompress_verified(gz: Path, raw: Path, expected: str, *, downloaded: bool
 def _check_gz(gz: Path, expected: str, *, downloaded: bool = False) -> None:
     """Raise :class:`CorruptDataError` unless ``gz`` decompresses to the expected content
     (nothing written)."""
-    digest = hashlib.sha256()
     with open(gz, "rb") as compressed, gzip.open(compressed, "rb") as src:
-        while True:
-            try:
-                chunk = src.read(1 << 20)
-            except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-                raise _corrupt(
-                    gz, expected, f"{type(e).__name__}: {e}", downloaded=downloaded
-                ) from e
-            if not chunk:
-                break
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
-        detail = f"its content has SHA-256 {digest.hexdigest()}"
-        raise _corrupt(gz, expected, detail, downloaded=downloaded)
+        for _ in _verified_chunks(src, gz, expected, downloaded=downloaded):
+            pass
 
 
 def _candidates(root: Path, name: str) -> list[Path]:
