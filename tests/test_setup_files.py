@@ -15,8 +15,9 @@ import yaml
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: pip's own copy of the same parser
-    from pip._vendor import tomli as tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, which pytest itself needs there
+    import tomli as tomllib  # (not pip's copy: importing pip makes setuptools' distutils shim
+    # hand later imports the standard library's distutils, which breaks torch.compile's triton)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> PyPI name
