@@ -46,24 +46,12 @@ import torch
 
 from . import fastpath
 from .data import TensorBatches, load_mnist, make_loader, mnist_transform
+from .devices import pick_device, seed_everything, synchronize
 from .models import Net, loss_function
-from .train import (
-    get_recipe,
-    make_optimizer,
-    pick_device,
-    seed_everything,
-    train_epoch,
-    train_model,
-)
+from .recipes import get_recipe, make_optimizer
+from .train import train_epoch, train_model
 
 TARGET = 0.99
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def processor_name(device: torch.device) -> str:

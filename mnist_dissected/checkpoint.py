@@ -25,13 +25,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .errors import MnistDissectedError
 from .files import atomic_write
 from .models import MODELS, MNISTModel, unwrap
 
 FORMAT = "mnist-dissected/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MnistDissectedError, ValueError):
     """A file that is not a usable checkpoint for what was asked."""
 
 

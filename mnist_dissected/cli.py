@@ -13,50 +13,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from .data import VALIDATION_SIZE
+from .argtypes import gamma_value, momentum_value, positive_float, positive_int, seed_value
+from .devices import DEVICE_ENV_VAR, pick_device
+from .errors import MnistDissectedError, UsageError
 from .models import MODELS
-from .train import DEVICE_ENV_VAR, RECIPES, Recipe, Trained, get_recipe
+from .recipes import RECIPES, Recipe, get_recipe
 
 if TYPE_CHECKING:
-    import torch
+    from .train import Trained
 
-#: Device types that can train a model here.
-TRAINING_DEVICES = ("cpu", "cuda", "mps")
-#: MNIST's 60,000 training images less those held out for validation: the largest batch.
-TRAINING_IMAGES = 60_000 - VALIDATION_SIZE
-
-T = TypeVar("T", int, float)
-
-
-def checked_number(
-    convert: Callable[[str], T], ok: Callable[[T], bool], requirement: str
-) -> Callable[[str], T]:
-    """An argparse type: ``convert`` the text, then require ``ok(value)``; a bad value is a
-    usage error that says why, not a traceback."""
-
-    def parse(text: str) -> T:
-        try:
-            value = convert(text)
-        except ValueError:
-            kind = "an integer" if convert is int else "a number"
-            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
-        return value
-
-    return parse
-
-
-positive_int = checked_number(int, lambda v: v >= 1, "must be at least 1")
-positive_float = checked_number(float, lambda v: 0 < v < float("inf"), "must be a positive number")
-momentum_value = checked_number(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
-gamma_value = checked_number(float, lambda v: 0 < v <= 1, "must be in (0, 1]")
-#: NumPy's seeds are 32-bit; Python's and PyTorch's take these too.
-seed_value = checked_number(int, lambda v: 0 <= v < 2**32, "must be in 0 .. 4294967295")
+DEVICE_HELP = (
+    f"cpu, cuda, cuda:1, mps (default: ${DEVICE_ENV_VAR} if set, else CUDA, then MPS, then CPU)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mnist_dissected", description="Train and benchmark the MNIST example."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser(
-        "train",
-        help="train a model (the PyTorch MNIST example's flags)",
-        description="Train Net or LeNet on MNIST, as pytorch/examples' mnist/main.py does. "
-        "Recipe defaults apply where a flag is not given. 5,000 training images are held out "
-        "for validation (scored each epoch); the test set is scored once, at the end. Under "
-        "torchrun it trains with DistributedDataParallel.",
+    add_train_flags(
+        sub.add_parser(
+            "train",
+            help="train a model (the PyTorch MNIST example's flags)",
+            description="Train Net or LeNet on MNIST, as pytorch/examples' mnist/main.py does. "
+            "Recipe defaults apply where a flag is not given. 5,000 training images are held "
+            "out for validation (scored each epoch); the test set is scored once, at the end. "
+            "Under torchrun it trains with DistributedDataParallel.",
+        )
     )
+    add_bench_flags(
+        sub.add_parser(
+            "bench",
+            help="time the data paths and the fast recipe on this machine",
+            description="For Net on this machine: seconds per epoch of the example's recipe "
+            "through the DataLoader and through whole tensors, the fast recipe eager and (where "
+            "available) compiled or graphed, and seconds to reach 99%% for several seeds.",
+        )
+    )
+    return parser
+
+
+def add_train_flags(t: argparse.ArgumentParser) -> None:
+    """``train``'s flags: the example's (both versions), then the series' own. One flag per
+    line on purpose: this is the command line's reference, read top to bottom."""
+    number = {"metavar": "N", "type": positive_int}
     t.add_argument("--model", choices=sorted(MODELS), default="net", help="architecture")
     t.add_argument(
         "--recipe",
@@ -83,23 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="classic: the example's SGD; fast: Adam + one-cycle, about 99%% in 3 epochs",
     )
     t.add_argument(
-        "--batch-size",
-        type=positive_int,
-        metavar="N",
-        help="input batch size for training (classic 64, fast 256)",
+        "--batch-size", **number, help="input batch size for training (classic 64, fast 256)"
     )
     t.add_argument(
         "--test-batch-size",
-        type=positive_int,
-        metavar="N",
+        **number,
         help="input batch size for validation and testing (default 1000)",
     )
-    t.add_argument(
-        "--epochs",
-        type=positive_int,
-        metavar="N",
-        help="number of epochs to train (classic 10, fast 3)",
-    )
+    t.add_argument("--epochs", **number, help="number of epochs to train (classic 10, fast 3)")
     t.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate (0.01)")
     t.add_argument(
         "--momentum", type=momentum_value, metavar="M", help="SGD momentum (classic 0.5)"
@@ -120,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--log-interval",
-        type=positive_int,
-        default=None,
-        metavar="N",
+        **number,
         help="how many batches to wait before logging training status "
         "(classic 10; fast: off, as each line waits for the device)",
     )
@@ -130,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-model",
         nargs="?",
         const="mnist_cnn.pt",
-        default=None,
         metavar="PATH",
         help="save the trained model (default path mnist_cnn.pt)",
     )
@@ -150,12 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture the fast recipe's training step as one CUDA graph (NVIDIA GPUs; "
         "elsewhere eager, with a message)",
     )
-    t.add_argument(
-        "--device",
-        default=None,
-        help=f"cpu, cuda, cuda:1, mps (default: ${DEVICE_ENV_VAR} if set, else CUDA, then MPS, "
-        "then CPU)",
-    )
+    t.add_argument("--device", help=DEVICE_HELP)
     t.add_argument(
         "--no-accel",
         "--no-cuda",
@@ -167,29 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--data",
-        default=None,
         metavar="DIR",
         help="MNIST folder (default: $MNIST_DISSECTED_DATA, the checkout's data/)",
     )
     t.add_argument("--progress", action="store_true", help="show progress bars")
 
-    b = sub.add_parser(
-        "bench",
-        help="time the data paths and the fast recipe on this machine",
-        description="For Net on this machine: seconds per epoch of the example's recipe "
-        "through the DataLoader and through whole tensors, the fast recipe eager and (where "
-        "available) compiled or graphed, and seconds to reach 99%% for several seeds.",
-    )
-    b.add_argument(
-        "--device",
-        default=None,
-        help=f"device to benchmark: cpu, cuda, cuda:1, mps (default: ${DEVICE_ENV_VAR} if set, "
-        "else CUDA, then MPS, then CPU)",
-    )
+
+def add_bench_flags(b: argparse.ArgumentParser) -> None:
+    """``bench``'s flags."""
+    b.add_argument("--device", help=f"device to benchmark: {DEVICE_HELP}")
     b.add_argument(
         "--seeds",
         type=positive_int,
-        default=None,
         metavar="N",
         help="how many seeds to time the fast recipe with (default 5; --quick: 1)",
     )
@@ -199,84 +160,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="one seed and no DataLoader epoch: a smoke run, not a measurement",
     )
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    return parser
-
-
-def parse_device(text: str | None, *, no_accel: bool = False) -> torch.device:
-    """The device to train on: ``text`` (``--device``), else ``$MNIST_DISSECTED_DEVICE``, else
-    the best one present; a ``ValueError`` with one line saying why it cannot be used. The
-    variable is checked as the flag is: a typo in it must not become a traceback."""
-    from .train import pick_device
-
-    if text is not None:
-        return usable_device(text, no_accel=no_accel)
-    if no_accel:
-        return pick_device("cpu")
-    if os.environ.get(DEVICE_ENV_VAR):
-        value = os.environ[DEVICE_ENV_VAR]
-        try:
-            return usable_device(value)
-        except ValueError as e:
-            raise ValueError(f"${DEVICE_ENV_VAR}={value}: {e}") from None
-    return pick_device(None)
-
-
-def usable_device(text: str, *, no_accel: bool = False) -> torch.device:
-    """``text`` as a device that can train a model here, or a ``ValueError`` saying why not."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{text!r} is not a device; use one of cpu, cuda, cuda:N, mps") from None
-    if device.type not in TRAINING_DEVICES:
-        raise ValueError(f"{text!r} cannot train a model; use one of cpu, cuda, cuda:N, mps")
-    if no_accel and device.type != "cpu":
-        raise ValueError(f"--device {text} and --no-accel contradict each other")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "CUDA is not available here (no NVIDIA GPU, or a CPU-only build "
-                "of PyTorch); use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"there is no {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            "MPS is not available here (it needs Apple silicon and macOS 12.3 or "
-            "later); use --device cpu"
-        )
-    return device
 
 
 def check_save_path(text: str) -> tuple[Path, str | None]:
     """``--save-model``'s path checked before training (a temporary file is made there and
     deleted, so that what would fail at saving fails now); returns it and a note to print, or
-    raises ``ValueError`` saying what is wrong with it."""
+    raises :class:`~mnist_dissected.errors.UsageError` saying what is wrong with it."""
     from .files import check_writable
 
     path = Path(text).expanduser()
     if path.is_dir():
-        raise ValueError(f"{text} is a folder; give a file name, e.g. {path / 'mnist_cnn.pt'}")
+        raise UsageError(f"{text} is a folder; give a file name, e.g. {path / 'mnist_cnn.pt'}")
     parent = path.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir():
-        raise ValueError(f"cannot save under {existing}: it is a file, not a folder")
+        raise UsageError(f"cannot save under {existing}: it is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write into {existing}: permission denied")
+        raise UsageError(f"cannot write into {existing}: permission denied")
     try:
         check_writable(path)  # leaves nothing behind, not even the folders it made
     except OSError as e:
-        raise ValueError(f"cannot save to {text}: {e.strerror or e}") from None
+        raise UsageError(f"cannot save to {text}: {e.strerror or e}") from None
     note = None if parent.is_dir() else f"Note: the folder {parent} will be created"
     return path, note
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe a ``train`` command line asks for: the named recipe with the flags given
-    replacing its fields (Part 4, §4.13 shows that it is the notebook's recipe)."""
+    replacing its fields (Part 4, §4.13 shows that it is the notebook's recipe). The recipe
+    checks itself (:class:`~mnist_dissected.recipes.Recipe`): a contradiction, such as
+    ``--momentum`` with the fast recipe's Adam, raises a
+    :class:`~mnist_dissected.errors.RecipeError`, which :func:`run_train` shows as a usage
+    error."""
     overrides = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -285,24 +200,10 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         "test_batch_size": args.test_batch_size,
         "compile": args.compile or None,
         "cuda_graph": args.cuda_graph or None,
+        "gamma": args.gamma,
     }
-    if args.batch_size is not None and args.batch_size > TRAINING_IMAGES:
-        raise ValueError(
-            f"--batch-size {args.batch_size} is more than the {TRAINING_IMAGES:,} training "
-            f"images; at most {TRAINING_IMAGES} (one batch per epoch)"
-        )
-    if args.momentum is not None and RECIPES[args.recipe].optimizer != "sgd":
-        raise ValueError(
-            f"--momentum is SGD's; the {args.recipe} recipe trains with another optimizer "
-            f"({RECIPES[args.recipe].optimizer})"
-        )
-    if args.gamma is not None:
-        if RECIPES[args.recipe].schedule not in (None, "step"):
-            raise ValueError(
-                f"--gamma drives a StepLR schedule; the {args.recipe} recipe has "
-                f"its own ({RECIPES[args.recipe].schedule})"
-            )
-        overrides.update(schedule="step", gamma=args.gamma)
+    if args.gamma is not None and RECIPES[args.recipe].schedule is None:
+        overrides["schedule"] = "step"  # --gamma asks for today's example's StepLR
     return get_recipe(args.recipe, **overrides)
 
 
@@ -338,15 +239,15 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     distributed = "TORCHELASTIC_RUN_ID" in os.environ  # started by torchrun: one of several
     try:
-        device = parse_device(args.device, no_accel=args.no_accel)
+        device = pick_device(args.device, no_accel=args.no_accel)
         recipe = recipe_from_args(args)
         if distributed and (args.compile or args.cuda_graph):
-            raise ValueError(
+            raise UsageError(
                 "under torchrun the model trains eagerly inside DistributedDataParallel: "
                 "--compile and --cuda-graph are not used there; leave them out"
             )
         save_path, note = check_save_path(args.save_model) if args.save_model else (None, None)
-    except ValueError as e:
+    except UsageError as e:
         parser.error(str(e))
     options = {
         "seed": args.seed,
@@ -382,8 +283,8 @@ def run_bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if args.quick and args.seeds not in (None, 1):
         parser.error(f"--quick times one seed; leave out --seeds {args.seeds} or --quick")
     try:
-        device = parse_device(args.device)
-    except ValueError as e:
+        device = pick_device(args.device)
+    except UsageError as e:
         parser.error(str(e))
     seeds = 1 if args.quick else args.seeds or 5
     return run_bench(device=str(device), seeds=seeds, quick=args.quick, as_json=args.json)
@@ -397,19 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparser = parser._subparsers._group_actions[0].choices[args.command]
     if unknown:  # the subcommand's usage, not the top level's
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from .checkpoint import CheckpointError
-    from .mnist_files import CorruptDataError, DataWriteError, MNISTNotFoundError
-
     try:
         if args.command == "train":
             return run_train(args, subparser)
         return run_bench_command(args, subparser)
-    except (MNISTNotFoundError, CorruptDataError, DataWriteError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:  # distributed.WorldError: the processes could not form a world
-        if type(e).__name__ != "WorldError":
-            raise
+    except MnistDissectedError as e:  # expected: one line; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 1
 

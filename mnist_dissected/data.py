@@ -246,3 +246,24 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(self.order())
+
+    # What every source of batches answers (mnist_dissected.batches.BatchSource).
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch (all of them: ``drop_last`` drops whole batches, counted here)."""
+        return len(self.targets)
+
+    def sample_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``batch_size`` samples, without drawing a shuffle."""
+        return self.images[: self.batch_size], self.targets[: self.batch_size]
+
+    def numbered_batches(
+        self, *, start: int, step: int, limit: int | None = None
+    ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """``(i, batch)`` for batches i = start, start + step, ... of one epoch's order."""
+        order, b = self.order().to(self.targets.device), self.batch_size
+        count = len(self) if limit is None else min(len(self), limit)
+        for i in range(start, count, step):
+            idx = order[i * b : (i + 1) * b]
+            yield i, (self.images[idx], self.targets[idx])

@@ -2,7 +2,7 @@
 mnist_dissected.dist_demo WHAT`` (WHAT: env, collectives, sampler, ddp-step, or all).
 
 Why this module exists: a notebook kernel is one process, and a process group needs several.
-Part 6 launches this script with :func:`mnist_dissected.distributed.run_torchrun` and shows
+Part 6 launches this script with :func:`mnist_dissected.launch.run_torchrun` and shows
 what it printed. Every rank computes its part; rank 0 gathers the lines and prints them in
 rank order, so the output is the same on every run (and nbval can compare it). Each claim
 printed is also asserted here, on every rank: a wrong claim stops the run with an error.
@@ -20,18 +20,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .cli import positive_float
-from .distributed import (
-    ShardedBatches,
-    World,
-    WorldError,
-    init_distributed,
-    print_in_rank_order,
-    print_once,
-    unwrap,
-    wrap_ddp,
-)
-from .models import Net
+from .argtypes import positive_float
+from .distributed import wrap_ddp
+from .models import Net, unwrap
+from .process_group import World, WorldError, init_distributed, print_in_rank_order, print_once
+from .sharding import ShardedBatches
 
 #: What ``torchrun`` sets for each process, in the order shown.
 SHOWN_ENV = (

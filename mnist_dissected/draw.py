@@ -11,8 +11,9 @@ moves the winning class's score, :math:`|\\partial \\max_k z_k / \\partial x|`, 
 :math:`z` are the raw scores (logits) before ``log_softmax`` (:func:`class_scores`; the
 saliency of Part 5, §5.12, which shows why not the log-probability).
 
-The widget is an `anywidget <https://anywidget.dev>`_: its JavaScript is the string
-:data:`ESM` below, with no build step and nothing fetched from the network, and it runs in
+The widget is an `anywidget <https://anywidget.dev>`_: its JavaScript and CSS are the files
+``widget/draw.js`` and ``widget/draw.css`` shipped with the package (read into :data:`ESM` and
+:data:`CSS`), with no build step and nothing fetched from the network, and it runs in
 JupyterLab 4, Notebook 7, VS Code and Colab. Where widgets are not shown (a static rendering of
 the notebook, nbval), :func:`predict_drawing` and :func:`plot_prediction` give the same answers
 for an image, e.g. the drawings bundled with the package (:func:`load_drawing`).
@@ -202,220 +203,22 @@ def decode_data_url(url: str) -> Image.Image:
 
 # --------------------------------------------------------------------------- the widget
 
-#: The widget's front end (an ES module; anywidget loads it, no build step, no network).
-ESM = r"""
-function paint(canvas, values, colour) {
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(28, 28);
-  for (let i = 0; i < 784; i++) {
-    const v = values && values.length === 784 ? values[i] : 0;
-    const [r, g, b] = colour(Math.max(0, Math.min(1, v)));
-    img.data.set([r, g, b, 255], 4 * i);
-  }
-  ctx.putImageData(img, 0, 0);
-}
-const grey = (v) => [255 * v, 255 * v, 255 * v];
-const hot = (v) => [255 * Math.min(1, 3 * v), 255 * Math.min(1, Math.max(0, 3 * v - 1)),
-                    255 * Math.max(0, 3 * v - 2)];
 
-function el_(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
+def _front_end(name: str) -> str:
+    """The text of ``mnist_dissected/widget/<name>``, one of the widget's front-end files
+    shipped as package data. anywidget gets it as a string, not a path: the same on every
+    anywidget version from the floor up, and for any install (a checkout, a wheel, a zip)."""
+    folder = resources.files("mnist_dissected").joinpath("widget")
+    return folder.joinpath(name).read_text(encoding="utf-8")
 
-function render({ model, el }) {
-  const size = model.get("size");
-  const root = el_("div", "digitpad");
-  const left = el_("div", "digitpad-left");
-  const canvas = el_("canvas", "digitpad-canvas");
-  canvas.width = size;
-  canvas.height = size;
-  canvas.style.width = size + "px";
-  canvas.style.height = size + "px";
-  const buttons = el_("div", "digitpad-buttons");
-  const clear = el_("button", "digitpad-clear", "Clear");
-  const upload = el_("button", "digitpad-upload", "Upload a photo…");
-  const file = el_("input", "digitpad-file");
-  file.type = "file";
-  file.accept = "image/*";
-  file.style.display = "none";
-  buttons.append(clear, upload, file);
-  left.append(canvas, buttons);
 
-  const right = el_("div", "digitpad-right");
-  const answer = el_("div", "digitpad-answer");
-  const prediction = el_("span", "digitpad-prediction", "–");
-  answer.append("Prediction: ", prediction);
-  const message = el_("div", "digitpad-message");
-  const pictures = el_("div", "digitpad-pictures");
-  const seen = el_("canvas", "digitpad-input");
-  const saliency = el_("canvas", "digitpad-saliency");
-  for (const [c, label] of [[seen, "what the model gets"], [saliency, "saliency"]]) {
-    c.width = 28;
-    c.height = 28;
-    const fig = el_("figure", "digitpad-figure");
-    fig.append(c, el_("figcaption", "", label));
-    pictures.append(fig);
-  }
-  const bars = el_("div", "digitpad-bars");
-  const rows = [];
-  for (let k = 0; k < 10; k++) {
-    const row = el_("div", "digitpad-bar-row");
-    const bar = el_("div", "digitpad-bar");
-    const track = el_("div", "digitpad-bar-track");
-    track.append(bar);
-    const value = el_("span", "digitpad-bar-value", "");
-    row.append(el_("span", "digitpad-bar-label", String(k)), track, value);
-    bars.append(row);
-    rows.push({ row, bar, value });
-  }
-  right.append(answer, message, pictures, bars);
-  root.append(left, right);
-  el.append(root);
+#: The widget's front end, ``widget/draw.js`` (an ES module; anywidget loads it, no build
+#: step, no network).
+ESM = _front_end("draw.js")
 
-  const ctx = canvas.getContext("2d");
-  const setPen = () => {
-    ctx.lineWidth = model.get("line_width");
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
-    ctx.strokeStyle = "#000";
-    ctx.fillStyle = "#000";
-  };
-  setPen();
-  const send = () => {
-    model.set("drawing", canvas.toDataURL("image/png"));
-    model.save_changes();
-  };
-  const at = (event) => {
-    const rect = canvas.getBoundingClientRect();
-    return [(event.clientX - rect.left) * (canvas.width / rect.width),
-            (event.clientY - rect.top) * (canvas.height / rect.height)];
-  };
-  let drawing = false;
-  canvas.addEventListener("pointerdown", (event) => {
-    event.preventDefault();
-    canvas.setPointerCapture(event.pointerId);
-    drawing = true;
-    setPen();
-    const [x, y] = at(event);
-    ctx.beginPath();
-    ctx.arc(x, y, ctx.lineWidth / 2, 0, 2 * Math.PI);
-    ctx.fill();
-    ctx.beginPath();
-    ctx.moveTo(x, y);
-  });
-  canvas.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
-    event.preventDefault();
-    const [x, y] = at(event);
-    ctx.lineTo(x, y);
-    ctx.stroke();
-    ctx.beginPath();
-    ctx.moveTo(x, y);
-  });
-  const end = (event) => {
-    if (!drawing) return;
-    drawing = false;
-    if (canvas.hasPointerCapture(event.pointerId)) canvas.releasePointerCapture(event.pointerId);
-    send();
-  };
-  canvas.addEventListener("pointerup", end);
-  canvas.addEventListener("pointercancel", end);
-
-  clear.addEventListener("click", () => {
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    model.set("drawing", "");
-    model.save_changes();
-  });
-  upload.addEventListener("click", () => file.click());
-  file.addEventListener("change", () => {
-    const chosen = file.files && file.files[0];
-    if (!chosen) return;
-    const url = URL.createObjectURL(chosen);
-    const img = new Image();
-    img.onload = () => {
-      // The photo's paper fills the whole canvas: its mean border colour goes around it.
-      const probe = document.createElement("canvas");
-      probe.width = 32;
-      probe.height = 32;
-      const p = probe.getContext("2d");
-      p.drawImage(img, 0, 0, 32, 32);
-      const d = p.getImageData(0, 0, 32, 32).data;
-      const sum = [0, 0, 0];
-      let n = 0;
-      for (let i = 0; i < 32; i++) {
-        for (const [x, y] of [[i, 0], [i, 31], [0, i], [31, i]]) {
-          const o = 4 * (32 * y + x);
-          sum[0] += d[o]; sum[1] += d[o + 1]; sum[2] += d[o + 2]; n++;
-        }
-      }
-      ctx.clearRect(0, 0, canvas.width, canvas.height);
-      ctx.fillStyle = `rgb(${sum[0] / n}, ${sum[1] / n}, ${sum[2] / n})`;
-      ctx.fillRect(0, 0, canvas.width, canvas.height);
-      const s = Math.min(canvas.width / img.width, canvas.height / img.height);
-      const w = img.width * s, h = img.height * s;
-      ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
-      URL.revokeObjectURL(url);
-      file.value = "";
-      setPen();
-      send();
-    };
-    img.src = url;
-  });
-
-  const update = () => {
-    const digit = model.get("prediction");
-    prediction.textContent = digit >= 0 ? String(digit) : "–";
-    message.textContent = model.get("message");
-    paint(seen, model.get("image"), grey);
-    paint(saliency, model.get("saliency"), hot);
-    const probs = model.get("probabilities") || [];
-    rows.forEach(({ row, bar, value }, k) => {
-      const p = probs.length === 10 ? probs[k] : 0;
-      bar.style.width = (100 * p).toFixed(1) + "%";
-      value.textContent = probs.length === 10 ? p.toFixed(3) : "";
-      row.classList.toggle("digitpad-winner", k === digit);
-    });
-  };
-  for (const name of ["prediction", "message", "image", "saliency", "probabilities"]) {
-    model.on("change:" + name, update);
-  }
-  update();
-  return () => {
-    for (const name of ["prediction", "message", "image", "saliency", "probabilities"]) {
-      model.off("change:" + name, update);
-    }
-  };
-}
-
-export default { render };
-"""
-
-#: The widget's look; the colours follow the notebook's theme where it defines them.
-CSS = """
-.digitpad { display: inline-flex; gap: 16px; align-items: flex-start; flex-wrap: wrap;
-  padding: 6px; background: var(--jp-layout-color0, #fff);
-  font-family: var(--jp-ui-font-family, sans-serif); color: var(--jp-ui-font-color1, #222); }
-.digitpad-canvas { border: 1px solid #888; border-radius: 4px; background: #fff;
-  touch-action: none; cursor: crosshair; display: block; }
-.digitpad-buttons { margin-top: 6px; display: flex; gap: 6px; }
-.digitpad-answer { font-size: 1.3em; margin-bottom: 4px; }
-.digitpad-prediction { font-weight: bold; font-size: 1.5em; }
-.digitpad-message { color: #b00; min-height: 1.2em; font-size: 0.9em; }
-.digitpad-pictures { display: flex; gap: 10px; }
-.digitpad-figure { margin: 0; text-align: center; font-size: 0.8em; }
-.digitpad-figure canvas { width: 112px; height: 112px; image-rendering: pixelated;
-  border: 1px solid #888; display: block; }
-.digitpad-bars { margin-top: 8px; width: 260px; }
-.digitpad-bar-row { display: flex; align-items: center; gap: 6px; height: 18px; }
-.digitpad-bar-label { width: 1em; text-align: right; }
-.digitpad-bar-track { flex: 1; height: 12px; background: rgba(128, 128, 128, 0.15); }
-.digitpad-bar { height: 100%; background: #4a7bd0; }
-.digitpad-winner .digitpad-bar { background: #e07b1a; }
-.digitpad-bar-value { width: 3.5em; font-family: monospace; font-size: 0.85em; }
-"""
+#: The widget's look, ``widget/draw.css``; the colours follow the notebook's theme where it
+#: defines them.
+CSS = _front_end("draw.css")
 
 
 class DigitPad(anywidget.AnyWidget):

@@ -28,19 +28,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def sample_batch(batches: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``batch_size`` samples, taken without drawing a shuffle: compiling or capturing
-    must not change the order the training then sees (same seed, same numbers)."""
-    if hasattr(batches, "images"):  # TensorBatches
-        n = batches.batch_size
-        return batches.images[:n], batches.targets[:n]
-    from torch.utils.data import default_collate
-
-    data = [batches.dataset[i] for i in range(min(batches.batch_size, len(batches.dataset)))]
-    x, y = default_collate(data)
-    return x.to(device), y.to(device)
-
-
 # --------------------------------------------------------------------------- torch.compile
 
 

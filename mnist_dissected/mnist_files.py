@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import MnistDissectedError
 from .files import atomic_write
 
 ENV_VAR = "MNIST_DISSECTED_DATA"
@@ -40,15 +41,15 @@ RESOURCES: dict[str, str] = {
 STAMP_SUFFIX = ".verified"
 
 
-class MNISTNotFoundError(FileNotFoundError):
+class MNISTNotFoundError(MnistDissectedError, FileNotFoundError):
     """The MNIST files are nowhere to be found and could not be downloaded."""
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(MnistDissectedError, ValueError):
     """A data file exists but its content is not the MNIST file it claims to be."""
 
 
-class DataWriteError(OSError):
+class DataWriteError(MnistDissectedError, OSError):
     """The input is fine, but its decompressed copy could not be written."""
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from .data import MNIST_MEAN, MNIST_STD
 from .data import centre_of_mass as _centres_of_mass
+from .errors import MnistDissectedError
 
 #: The side of the box MNIST's digits were size-normalized into, and of the whole field.
 BOX, FIELD = 20, 28
@@ -40,7 +41,7 @@ CENTRE = (FIELD / 2, FIELD / 2)
 LUMA = (0.299, 0.587, 0.114)
 
 
-class DrawingError(ValueError):
+class DrawingError(MnistDissectedError, ValueError):
     """The input is not a picture of a digit that can be preprocessed (the message says why)."""
 
 

@@ -3,15 +3,15 @@
 Why this module exists: Part 5 (and the "draw your digit" widget) need a trained model, and
 retraining it every time a notebook runs wastes a minute. :func:`load_or_train` trains the
 fast recipe once per seed and caches the checkpoint; two processes asking at once (nbval runs
-notebooks side by side) train it once. The cache key is the whole recipe and the seed, so an
-edited recipe is retrained, never silently reused; a file it did not write itself is never
+notebooks side by side) train it once. The cache key is the recipe's training fields and the
+seed, so an edited recipe is retrained, never silently reused (a run option such as
+``log_interval`` retrains nothing); a file it did not write itself is never
 replaced, only used if it holds the very model asked for. Saving and loading themselves are
 :mod:`mnist_dissected.checkpoint`'s job; training is :mod:`mnist_dissected.train`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -22,15 +22,19 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .devices import pick_device
 from .files import file_lock
 from .mnist_files import data_root
 from .models import MNISTModel
-from .train import Recipe, get_recipe, pick_device, train_model
+from .recipes import Recipe, get_recipe, training_fields
+from .train import train_model
 
 
 def recipe_key(recipe: Recipe, seed: int) -> str:
-    """A short fingerprint of every field of ``recipe`` and the seed: the cache's key."""
-    text = json.dumps({"recipe": dataclasses.asdict(recipe), "seed": seed}, sort_keys=True)
+    """A short fingerprint of the recipe's training fields and the seed: the cache's key. Run
+    options (``log_interval``, ``compile``, ``cuda_graph``, the name) are left out: they change
+    how a run goes, not the model it trains, so they never retrain a cached model."""
+    text = json.dumps({"recipe": recipe.training_fields(), "seed": seed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -51,7 +55,8 @@ def _matches(meta: dict[str, Any], recipe: Recipe, seed: int) -> bool:
     return (
         str(meta.get("architecture")).lower() == "net"  # version 1 saved the class name
         and meta.get("seed") == seed
-        and meta.get("recipe") == dataclasses.asdict(recipe)
+        and isinstance(meta.get("recipe"), dict)
+        and training_fields(meta["recipe"]) == recipe.training_fields()
     )
 
 
@@ -72,14 +77,14 @@ def load_or_train(
     root: str | os.PathLike | None = None,
 ) -> tuple[MNISTModel, dict[str, Any]]:
     """The ``Net`` trained with ``recipe`` and ``seed``: from the cache if it is there and was
-    trained exactly so (every recipe field and the seed), else trained and cached.
+    trained exactly so (every training field of the recipe, and the seed), else trained and cached.
 
     A file at ``path`` that is not the model asked for is replaced only if load_or_train
     wrote it (or it is in the cache, ``path=None``): anything else, e.g. a checkpoint saved
     with another recipe or a bare ``state_dict``, raises :class:`~mnist_dissected.checkpoint.
     CheckpointError` and is left as it is. Nobody's file is trained over.
 
-    Returns the model in eval mode on ``device`` (default :func:`~mnist_dissected.train.
+    Returns the model in eval mode on ``device`` (default :func:`~mnist_dissected.devices.
     pick_device`'s choice), the same device whether it was trained now or read from the cache,
     and the checkpoint's metadata (recipe, seed, history, test score). Dissected in Part 5, §5.1.
     """

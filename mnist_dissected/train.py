@@ -1,34 +1,26 @@
-"""Part 4's module: training and evaluation, the example's loop made reusable, two recipes.
+"""Part 4's module: training and evaluation, the example's loop made reusable.
 
 Why this module exists: Part 4 (``notebooks/4_mnist_train.ipynb``) dissects the training loop
 line by line; the CLI, the benchmark, :mod:`mnist_dissected.pretrained` (the model Part 5
-studies) and Part 6's distributed run use the very same code from here.
-
-- ``classic``: the example's recipe (SGD, lr 0.01, momentum 0.5, batch 64, dropout on), fed
-  through the torchvision ``DataLoader``.
-- ``fast``: about 99% test accuracy with ``Net`` in 3 epochs (median >= 99.0% over seeds 1-5,
-  every seed >= 98.8%: Part 4, §4.9): Adam with a one-cycle learning-rate schedule, batch 256,
-  no dropout (three epochs are too few for dropout to pay off, §4.11), channels_last memory
-  format (a layout only: faster where the kernels prefer it, §4.11), and the whole data set as
-  one tensor on the device.
+studies) and Part 6's distributed run (:func:`mnist_dissected.distributed.train_ddp`, which is
+:func:`fit` with DDP's hooks) use the very same code from here. What a run is trained with
+lives in :mod:`mnist_dissected.recipes`; where it runs and how it is seeded, in
+:mod:`mnist_dissected.devices`.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from .batches import num_samples, sample_batch
 from .data import (
     TensorBatches,
     load_mnist,
@@ -36,121 +28,9 @@ from .data import (
     mnist_transform,
     train_validation_indices,
 )
+from .devices import pick_device, seed_everything
 from .models import MNISTModel, loss_function, model_class
-
-DEVICE_ENV_VAR = "MNIST_DISSECTED_DEVICE"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (every device's generator), and ask cuDNN for
-    deterministic kernels. On the CPU the same seed on the same machine (and number of threads)
-    then gives bitwise the same run; on a GPU some other kernels still add in a varying order
-    unless ``torch.use_deterministic_algorithms(True)`` is set too. Dissected in Part 4, §4.7.
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def pick_device(preferred: str | torch.device | None = None) -> torch.device:
-    """``preferred`` (or ``$MNIST_DISSECTED_DEVICE``) if given, else CUDA, then Apple's MPS,
-    then the CPU: the same notebook runs wherever the reader is. Dissected in Part 4, §4.3."""
-    preferred = preferred or os.environ.get(DEVICE_ENV_VAR) or None
-    if preferred is not None:
-        return torch.device(preferred)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides how a model is trained, in one place."""
-
-    name: str
-    batch_size: int
-    lr: float
-    epochs: int
-    momentum: float = 0.0
-    optimizer: str = "sgd"  # "sgd" or "adam"
-    schedule: str | None = None  # None or "onecycle"
-    dropout: float = 0.5  # Net's dropout probability
-    channels_last: bool = False
-    data_path: str = "loader"  # "loader" (DataLoader) or "tensors" (TensorBatches)
-    test_batch_size: int = 1000
-    log_interval: int | None = None  # the example's "Train Epoch" lines every N batches
-    gamma: float | None = None  # StepLR's factor per epoch (today's example: 0.7)
-    compile: bool = False  # torch.compile the model (see mnist_dissected.fastpath)
-    cuda_graph: bool = False  # capture the training step as one CUDA graph (NVIDIA GPUs)
-
-
-RECIPES: dict[str, Recipe] = {
-    "classic": Recipe("classic", batch_size=64, lr=0.01, momentum=0.5, epochs=10, log_interval=10),
-    "fast": Recipe(
-        "fast",
-        batch_size=256,
-        lr=0.01,
-        epochs=3,
-        optimizer="adam",
-        schedule="onecycle",
-        dropout=0.0,
-        channels_last=True,
-        data_path="tensors",
-    ),
-}
-
-
-def get_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
-    """A recipe by name (or as given), with some fields replaced (``None`` values ignored)."""
-    if isinstance(recipe, str):
-        try:
-            recipe = RECIPES[recipe]
-        except KeyError:
-            raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}") from None
-    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe, *, steps_per_epoch: int):
-    """The recipe's optimizer and learning-rate scheduler (or ``None``), stepped after every
-    batch: one-cycle by design, StepLR's per-epoch ``gamma`` spread over the epoch's steps
-    so that it is ``gamma`` per epoch, as in today's example. Dissected in Part 4, §4.6."""
-    if recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    elif recipe.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    else:
-        raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-    scheduler = None
-    if recipe.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch
-        )
-    elif recipe.schedule == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            opt, step_size=steps_per_epoch, gamma=recipe.gamma if recipe.gamma else 0.7
-        )
-    elif recipe.schedule is not None:
-        raise ValueError(f"unknown schedule {recipe.schedule!r}")
-    return opt, scheduler
-
-
-def num_samples(batches: Iterable) -> int | None:
-    """How many samples a ``DataLoader`` or :class:`TensorBatches` yields per epoch (for the
-    example's progress lines): under DDP a rank's share (Part 6); ``None`` for other iterables.
-    """
-    if hasattr(batches, "num_samples"):  # distributed.ShardedBatches
-        return batches.num_samples
-    sampler = getattr(batches, "sampler", None)
-    if type(sampler).__name__ == "DistributedSampler":
-        return len(sampler)
-    for holder in ("dataset", "targets"):
-        if hasattr(batches, holder):
-            return len(getattr(batches, holder))
-    return None
+from .recipes import Recipe, get_recipe, make_optimizer
 
 
 def train_epoch(
@@ -250,13 +130,26 @@ def fit(
     verbose: bool = True,
     max_batches: int | None = None,
     graphed_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    evaluator: Callable[..., tuple[float, float]] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    reduce_losses: Callable[[list[float]], list[float]] | None = None,
+    say: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` and score the validation batches after each (never the test set:
     that is scored once, at the end). Returns one record per epoch: ``epoch``, ``train_loss``
     (mean), ``step_losses``, ``val_loss``, ``val_accuracy``, ``seconds`` (training and
-    validation) and ``train_seconds`` (training alone). Dissected in Part 4, §4.4."""
+    validation) and ``train_seconds`` (training alone). Dissected in Part 4, §4.4.
+
+    The hooks are what data-parallel training changes (Part 6, §6.7): ``evaluator`` scores the
+    validation batches (:func:`evaluate`, the default, or one with its arguments and result), ``on_epoch_start(epoch)``
+    runs before each epoch (a ``DistributedSampler`` must be told the epoch),
+    ``reduce_losses`` turns this process's step losses into the run's (the mean over ranks),
+    and ``say`` prints the summary line (on rank 0 only)."""
+    evaluator = evaluator or evaluate
     history = []
     for epoch in range(1, epochs + 1):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         start = time.perf_counter()
         steps = train_epoch(
             model,
@@ -270,8 +163,10 @@ def fit(
             max_batches=max_batches,
             graphed_step=graphed_step,
         )
+        if reduce_losses is not None:
+            steps = reduce_losses(steps)
         train_seconds = time.perf_counter() - start  # train_epoch waited for the device
-        val_loss, accuracy = evaluate(model, val_batches, device=device, max_batches=max_batches)
+        val_loss, accuracy = evaluator(model, val_batches, device=device, max_batches=max_batches)
         seconds = time.perf_counter() - start
         history.append(
             {
@@ -285,7 +180,7 @@ def fit(
             }
         )
         if verbose and max_batches is None and num_samples(val_batches):
-            print(summary_line(val_loss, accuracy, num_samples(val_batches), split="Validation"))
+            say(summary_line(val_loss, accuracy, num_samples(val_batches), split="Validation"))
     return history
 
 
@@ -359,7 +254,7 @@ def make_batches(
             ),
             TensorBatches.from_dataset(test_set, batch_size=recipe.test_batch_size, **kw),
         )
-    raise ValueError(f"unknown data path {recipe.data_path!r}")
+    raise AssertionError(f"unreachable: the recipe checked its data path {recipe.data_path!r}")
 
 
 def speed_up(
@@ -373,7 +268,7 @@ def speed_up(
     if not (recipe.compile or recipe.cuda_graph) or dry_run:
         return model, None
     device = next(model.parameters()).device
-    data, target = fastpath.sample_batch(train_batches, device)
+    data, target = sample_batch(train_batches, device)
     if recipe.channels_last:
         data = data.contiguous(memory_format=torch.channels_last)
     loss_fn = loss_function(model)
@@ -408,6 +303,38 @@ class Trained(NamedTuple):
     setup_s: float = 0.0
 
 
+def build_model(model_name: str, recipe: Recipe, device: torch.device | str) -> MNISTModel:
+    """A fresh model as ``recipe`` asks (Net's dropout, the memory format) on ``device``;
+    seed first for the same initial weights."""
+    model = model_class(model_name).for_recipe(recipe).to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def score_test(
+    model: nn.Module,
+    test_batches: Iterable,
+    recipe: Recipe,
+    *,
+    device: torch.device | str,
+    dry_run: bool = False,
+    verbose: bool = True,
+    evaluator: Callable[..., tuple[float, float]] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """The one score on the test set, at the end (a dry run: its first batch only), with the
+    example's summary line: ``{"loss", "accuracy", "n"}``."""
+    limit = 1 if dry_run else None
+    loss, accuracy = (evaluator or evaluate)(model, test_batches, device=device, max_batches=limit)
+    n = num_samples(test_batches)
+    if dry_run:
+        n = min(n, recipe.test_batch_size)
+    if verbose:
+        say(summary_line(loss, accuracy, n))
+    return {"loss": loss, "accuracy": accuracy, "n": n}
+
+
 def train_model(
     model_name: str = "net",
     recipe: str | Recipe = "fast",
@@ -432,9 +359,7 @@ def train_model(
     recipe = get_recipe(recipe, **overrides)
     device = pick_device(device)
     seed_everything(seed)
-    model = model_class(model_name).for_recipe(recipe).to(device)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(model_name, recipe, device)
     batches = make_batches(
         recipe, model_name, device=device, seed=seed, root=root, root_given_as=root_given_as
     )
@@ -444,7 +369,6 @@ def train_model(
     setup_s = time.perf_counter() - start
     if graphed_step is not None:
         optimizer, scheduler = graphed_step.optimizer, None
-    limit = 1 if dry_run else None
     history = fit(
         trained,
         batches.train,
@@ -456,14 +380,8 @@ def train_model(
         progress=progress,
         log_interval=log_interval if log_interval is not None else recipe.log_interval,
         verbose=verbose,
-        max_batches=limit,
+        max_batches=1 if dry_run else None,
         graphed_step=graphed_step,
     )
-    test_loss, test_accuracy = evaluate(model, batches.test, device=device, max_batches=limit)
-    n_test = num_samples(batches.test)
-    if dry_run:
-        n_test = min(n_test, recipe.test_batch_size)
-    if verbose:
-        print(summary_line(test_loss, test_accuracy, n_test))
-    test = {"loss": test_loss, "accuracy": test_accuracy, "n": n_test}
+    test = score_test(model, batches.test, recipe, device=device, dry_run=dry_run, verbose=verbose)
     return Trained(model.eval(), history, recipe, test, setup_s)

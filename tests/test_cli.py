@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dissected import cli, dist_demo
+from mnist_dissected import cli, devices, dist_demo, recipes
 from mnist_dissected.checkpoint import load_checkpoint
+from mnist_dissected.data import VALIDATION_SIZE
 from mnist_dissected.models import Net
 from mnist_dissected.train import Trained
 
@@ -47,7 +48,10 @@ def shell(*args: str, env: dict | None = None, timeout: float = 300):
         (["train", "--device", "banana"], "is not a device"),
         (["train", "--device", "cuda", "--no-cuda"], "contradict"),
         (["train", "--recipe", "fast", "--gamma", "0.7"], "the fast recipe has its own (onecycle)"),
-        (["train", "--recipe", "fast", "--momentum", "0.9"], "--momentum is SGD's; the fast"),
+        (
+            ["train", "--recipe", "fast", "--momentum", "0.9"],
+            "momentum is SGD's; the fast recipe trains with adam",
+        ),
         (["train", "--batch-size", "55001"], "more than the 55,000 training images"),
         (["bench", "--seeds", "0"], "must be at least 1"),
     ],
@@ -185,9 +189,9 @@ def test_the_examples_device_flags_pick_the_cpu(flags, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     unflagged = cli.build_parser().parse_args(["train"])
-    assert cli.parse_device(unflagged.device, no_accel=unflagged.no_accel).type == "cuda"
+    assert devices.pick_device(unflagged.device, no_accel=unflagged.no_accel).type == "cuda"
     args = cli.build_parser().parse_args(["train", *flags])
-    assert cli.parse_device(args.device, no_accel=args.no_accel) == torch.device("cpu")
+    assert devices.pick_device(args.device, no_accel=args.no_accel) == torch.device("cpu")
 
 
 def test_gamma_drives_a_step_schedule_as_in_todays_example():
@@ -264,7 +268,8 @@ def test_dry_run_end_to_end_from_the_shell(tmp_path):
 
 def test_the_largest_batch_is_the_whole_training_split():
     args = cli.build_parser().parse_args(["train", "--batch-size", "55000"])
-    assert cli.recipe_from_args(args).batch_size == 55_000 == cli.TRAINING_IMAGES
+    assert cli.recipe_from_args(args).batch_size == 55_000 == recipes.TRAINING_IMAGES
+    assert recipes.TRAINING_IMAGES == 60_000 - VALIDATION_SIZE
 
 
 @pytest.fixture
@@ -295,7 +300,7 @@ def test_the_device_variable_is_checked_like_the_flag(
     monkeypatch.setenv("MNIST_DISSECTED_DEVICE", value)
     line = usage_error([command], capsys)
     assert f"$MNIST_DISSECTED_DEVICE={value}: " in line and complaint in line
-    assert cli.parse_device("cpu") == torch.device("cpu"), "--device wins over the variable"
+    assert devices.pick_device("cpu") == torch.device("cpu"), "--device wins over the variable"
 
 
 def test_the_device_help_names_the_variable():

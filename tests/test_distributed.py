@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from mnist_dissected import distributed as D
+from mnist_dissected import distributed, launch, models, process_group, sharding
 from mnist_dissected.data import TensorBatches
 from mnist_dissected.models import Net
 
@@ -56,9 +56,11 @@ def test_shard_indices_cut_like_distributed_sampler(n, world_size, drop_last):
                 drop_last=drop_last,
             )
             sampler.set_epoch(epoch)
-            mine = D.shard_indices(order, rank=rank, world_size=world_size, drop_last=drop_last)
+            mine = sharding.shard_indices(
+                order, rank=rank, world_size=world_size, drop_last=drop_last
+            )
             assert mine.tolist() == list(sampler)
-            assert len(mine) == D.shard_size(n, world_size, drop_last=drop_last)
+            assert len(mine) == sharding.shard_size(n, world_size, drop_last=drop_last)
             parts.append(mine.tolist())
         seen = {i for part in parts for i in part}
         assert seen <= set(range(n))
@@ -73,7 +75,7 @@ def test_sharded_batches_give_each_rank_its_share_of_the_same_permutation():
     def whole():  # what every rank builds: same data, same seed
         return TensorBatches(images, torch.arange(n), batch_size=b, shuffle=True, seed=3)
 
-    shards = [D.ShardedBatches(whole(), rank=r, world_size=world_size) for r in range(2)]
+    shards = [sharding.ShardedBatches(whole(), rank=r, world_size=world_size) for r in range(2)]
     reference = whole()
     for _ in range(2):  # two epochs: a new permutation each, the same on every rank
         perm = reference.order()
@@ -82,9 +84,9 @@ def test_sharded_batches_give_each_rank_its_share_of_the_same_permutation():
         for r, batches in enumerate(epoch):
             assert all(len(batch) <= b for batch in batches)
             flat = [i for batch in batches for i in batch]
-            assert flat == D.shard_indices(perm, rank=r, world_size=2).tolist()
+            assert flat == sharding.shard_indices(perm, rank=r, world_size=2).tolist()
         assert {i for e in epoch for batch in e for i in batch} == set(range(n))
-    for images_, targets in D.ShardedBatches(whole(), rank=1, world_size=2):
+    for images_, targets in sharding.ShardedBatches(whole(), rank=1, world_size=2):
         assert images_.flatten().long().tolist() == targets.tolist()  # images follow targets
 
 
@@ -96,19 +98,28 @@ def test_world_from_the_environment(monkeypatch):
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": "29500",
     }
-    assert D.launched_by_torchrun(env) and D.World.from_env(env) == D.World(3, 4, 1)
-    assert not D.World.from_env(env).is_main
-    assert not D.launched_by_torchrun({k: v for k, v in env.items() if k != "MASTER_PORT"})
-    assert D.World.from_env({}) == D.World(0, 1, 0)
-    assert D.pick_backend("cpu") == "gloo" and D.ddp_device("mps") == torch.device("cpu")
-    with pytest.raises(D.WorldError, match="does not describe a world"):
-        D.World.from_env({**env, "RANK": "4"})
-    with pytest.raises(D.WorldError, match="does not describe a world"):
-        D.World.from_env({**env, "RANK": "zero"})
-    for name in D.ENV_VARS:
+    assert process_group.launched_by_torchrun(env) and process_group.World.from_env(
+        env
+    ) == process_group.World(3, 4, 1)
+    assert not process_group.World.from_env(env).is_main
+    assert not process_group.launched_by_torchrun(
+        {k: v for k, v in env.items() if k != "MASTER_PORT"}
+    )
+    assert process_group.World.from_env({}) == process_group.World(0, 1, 0)
+    assert process_group.pick_backend("cpu") == "gloo" and process_group.ddp_device(
+        "mps"
+    ) == torch.device("cpu")
+    with pytest.raises(process_group.WorldError, match="does not describe a world"):
+        process_group.World.from_env({**env, "RANK": "4"})
+    with pytest.raises(process_group.WorldError, match="does not describe a world"):
+        process_group.World.from_env({**env, "RANK": "zero"})
+    for name in process_group.ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(D.WorldError, match=r"MASTER_ADDR.*not set"), D.init_distributed():
+    with (
+        pytest.raises(process_group.WorldError, match=r"MASTER_ADDR.*not set"),
+        process_group.init_distributed(),
+    ):
         pass
 
 
@@ -118,16 +129,16 @@ def test_world_of_one_without_torchrun(monkeypatch, tmp_path):
     from mnist_dissected.checkpoint import load_checkpoint
     from mnist_dissected.train import evaluate
 
-    for name in D.ENV_VARS:
+    for name in process_group.ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     torch.manual_seed(0)
     data = TensorBatches(torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,)), batch_size=16)
-    with D.init_distributed(timeout_s=10) as world:
-        assert world == D.World(0, 1, 0) and D.is_main_process()
-        model = D.wrap_ddp(Net(dropout=0))
-        assert D.unwrap(model) is model.module and D.unwrap(model.module) is model.module
-        assert D.evaluate_distributed(model, data) == evaluate(model.module, data)
-        saved = D.save_on_main(tmp_path / "one.pt", model, seed=0)
+    with process_group.init_distributed(timeout_s=10) as world:
+        assert world == process_group.World(0, 1, 0) and process_group.is_main_process()
+        model = distributed.wrap_ddp(Net(dropout=0))
+        assert models.unwrap(model) is model.module and models.unwrap(model.module) is model.module
+        assert distributed.evaluate_distributed(model, data) == evaluate(model.module, data)
+        saved = distributed.save_on_main(tmp_path / "one.pt", model, seed=0)
     assert not torch.distributed.is_initialized()  # destroyed on the way out
     loaded, meta = load_checkpoint(saved, Net(dropout=0))
     assert meta["seed"] == 0
@@ -144,7 +155,7 @@ def _worker(out: Path) -> None:
     from mnist_dissected.train import evaluate
 
     report: dict = {}
-    with D.init_distributed(backend="gloo", timeout_s=30) as world:
+    with process_group.init_distributed(backend="gloo", timeout_s=30) as world:
         r, n = world.rank, world.world_size
         report["world"] = [r, n, world.local_rank]
 
@@ -156,30 +167,35 @@ def _worker(out: Path) -> None:
             shuffle=True,
             seed=3,
         )
-        shard = D.shard_batches(whole)
+        shard = sharding.shard_batches(whole)
         report["tensor_epochs"] = [[t.tolist() for _, t in shard] for _ in range(2)]
 
         # DataLoader path: DistributedSampler, set_epoch before each epoch.
-        loader = D.distributed_loader(TensorDataset(torch.arange(23)), 4, shuffle=True, seed=5)
+        loader = sharding.distributed_loader(
+            TensorDataset(torch.arange(23)), 4, shuffle=True, seed=5
+        )
         report["loader_epochs"] = []
         for epoch in range(2):
-            D.set_epoch(loader, epoch)
+            sharding.set_epoch(loader, epoch)
             report["loader_epochs"].append([b[0].tolist() for b in loader])
 
         # A test-set score split across ranks equals the single-process score, exactly.
         torch.manual_seed(0)  # same data and model on every rank
         images, targets = torch.randn(70, 1, 28, 28), torch.randint(0, 10, (70,))
-        model = D.wrap_ddp(Net(dropout=0))
+        model = distributed.wrap_ddp(Net(dropout=0))
         tensors = TensorBatches(images, targets, batch_size=16)
         dataset_loader = DataLoader(TensorDataset(images, targets), batch_size=16)
         report["eval"] = {
-            "tensors": [D.evaluate_distributed(model, tensors), evaluate(model.module, tensors)],
+            "tensors": [
+                distributed.evaluate_distributed(model, tensors),
+                evaluate(model.module, tensors),
+            ],
             "loader": [
-                D.evaluate_distributed(model, dataset_loader),
+                distributed.evaluate_distributed(model, dataset_loader),
                 evaluate(model.module, dataset_loader),
             ],
         }
-        report["mean_over_ranks"] = D.mean_over_ranks([float(r), 10.0 * r])
+        report["mean_over_ranks"] = process_group.mean_over_ranks([float(r), 10.0 * r])
 
         # Only rank 0 writes; the others return once the file is there.
         calls = []
@@ -191,7 +207,7 @@ def _worker(out: Path) -> None:
 
         checkpoint.save_checkpoint = counting_save
         path = out / "ddp.pt"
-        saved = D.save_on_main(path, model, seed=11)
+        saved = distributed.save_on_main(path, model, seed=11)
         report["save"] = {
             "returned": str(saved) if saved else None,
             "calls": len(calls),
@@ -202,7 +218,7 @@ def _worker(out: Path) -> None:
 
         # The whole story on real MNIST: one training batch, one test batch.
         try:
-            run = D.train_ddp("net", "fast", seed=1, dry_run=True, verbose=False)
+            run = distributed.train_ddp("net", "fast", seed=1, dry_run=True, verbose=False)
             report["train_ddp"] = {
                 "n": run.test["n"],
                 "accuracy": run.test["accuracy"],
@@ -211,7 +227,7 @@ def _worker(out: Path) -> None:
             }
         except Exception as e:  # reported, and the test of it fails with the message
             report["train_ddp"] = {"error": f"{type(e).__name__}: {e}"}
-            D.barrier()
+            process_group.barrier()
     (out / f"rank{r}.json").write_text(json.dumps(report))
 
 
@@ -254,7 +270,7 @@ class Launch:
 #: (the error left uncaught, as a script would show it).
 NEVER_FORMS = """
 import os, sys
-from mnist_dissected.distributed import WorldError, init_distributed
+from mnist_dissected.process_group import WorldError, init_distributed
 os.environ.update(RANK="1", MASTER_PORT=sys.argv[1])
 try:
     with init_distributed(backend="gloo", timeout_s=3):
@@ -272,17 +288,17 @@ def launched(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     two = dict(WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", RANK="0", MASTER_PORT="1")
     two["PYTHON_COLORS"] = "0"  # plain tracebacks: Python 3.13 colours them under FORCE_COLOR
-    ports = [D.free_port(), D.free_port()]
+    ports = [process_group.free_port(), process_group.free_port()]
     launches = {
-        "worker": Launch(D.torchrun_command([str(Path(__file__)), "--worker", str(out)])),
+        "worker": Launch(launch.torchrun_command([str(Path(__file__)), "--worker", str(out)])),
         "demo": Launch(
-            D.torchrun_command(["-m", "mnist_dissected.dist_demo", "all", "--show-difference"])
+            launch.torchrun_command(["-m", "mnist_dissected.dist_demo", "all", "--show-difference"])
         ),
         "never": Launch([sys.executable, "-c", NEVER_FORMS, *map(str, ports)], **two),
     }
     yield {"out": out, "ports": ports, **launches}
-    for launch in launches.values():
-        launch.stop()
+    for started in launches.values():
+        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +439,7 @@ def test_a_timed_out_launch_leaves_no_worker_behind(tmp_path):
     script = tmp_path / "stuck.py"
     script.write_text(STUCK_WORKER)
     with pytest.raises(subprocess.TimeoutExpired):
-        D.run_torchrun([str(script), str(tmp_path)], timeout_s=15)
+        launch.run_torchrun([str(script), str(tmp_path)], timeout_s=15)
     pids = [int(f.read_text()) for f in sorted(tmp_path.glob("worker*.pid"))]
     assert len(pids) == 2, "both workers had started"
     deadline = time.monotonic() + 5

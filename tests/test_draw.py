@@ -1,11 +1,14 @@
 """The widget's saliency (``mnist_dissected.draw``) is Part 5 §5.12's: the gradient of the
-winning class's score (logit), not of its saturated log-probability. Small untrained models,
-no checkpoint and no browser, so these run in a second."""
+winning class's score (logit), not of its saturated log-probability; and its front end is the
+package's ``widget/draw.js`` and ``widget/draw.css``. Small untrained models, no checkpoint and
+no browser, so these run in a second."""
 
 from __future__ import annotations
 
 import base64
 import io
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +114,17 @@ def test_a_32_pixel_model_gets_the_drawing_padded_and_its_saliency_cropped():
     lenet(x)[0].max().backward()
     torch.testing.assert_close(result.saliency, x.grad[0, 0, 2:-2, 2:-2].abs())
     assert result.saliency.shape == (28, 28)
+
+
+def test_the_widget_sends_the_front_end_files_next_to_draw_py(net):
+    """anywidget gets the text of ``widget/draw.js`` and ``widget/draw.css`` as they are on disk
+    (UTF-8: the JavaScript's "…" arrives whole), and every class the CSS styles is one the
+    JavaScript makes."""
+    folder = Path(draw.__file__).parent / "widget"
+    pad = draw.draw_digit(net)
+    assert pad._esm == draw.ESM == (folder / "draw.js").read_text(encoding="utf-8")
+    assert pad._css == draw.CSS == (folder / "draw.css").read_text(encoding="utf-8")
+    assert "export default { render };" in pad._esm and "Upload a photo…" in pad._esm
+    styled = set(re.findall(r"\.(digitpad[\w-]*)", pad._css))
+    made = set(re.findall(r'"(digitpad[\w-]*)"', pad._esm))
+    assert "digitpad-canvas" in styled and styled <= made

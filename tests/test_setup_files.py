@@ -133,10 +133,11 @@ def test_make_lab_works_as_root_and_passes_extra_arguments():
 
 
 @pytest.mark.slow
-def test_the_wheel_holds_every_module_and_the_bundled_drawings(tmp_path):
+def test_the_wheel_holds_every_module_the_bundled_drawings_and_the_widget_front_end(tmp_path):
     """What `pip install` outside a checkout (and Colab) gets, built offline with this
     environment's setuptools (the build floor in `nox -s floors`), without setuptools' warning
-    that a folder of the package would be ignored."""
+    that a folder of the package would be ignored: the modules, Part 5's bundled drawings and
+    the drawing widget's JavaScript and CSS (package data, not modules)."""
     source = tmp_path / "source"
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         source.mkdir(exist_ok=True)
@@ -161,4 +162,11 @@ def test_the_wheel_holds_every_module_and_the_bundled_drawings(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {f"mnist_dissected/{p.name}" for p in (ROOT / "mnist_dissected").glob("*.py")}
     drawings = {f"mnist_dissected/drawings/{d}.png" for d in (0, 2, 3, 7)}
+    front_end = {
+        f"mnist_dissected/widget/{p.name}"
+        for p in (ROOT / "mnist_dissected" / "widget").iterdir()
+        if p.suffix in {".js", ".css"}
+    }
+    assert {"mnist_dissected/widget/draw.js", "mnist_dissected/widget/draw.css"} <= front_end
     assert modules | drawings <= names
+    assert front_end <= names, sorted(front_end - names)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mnist_dissected import train as T
+from mnist_dissected import devices, recipes, train
 from mnist_dissected.data import TensorBatches, load_mnist, make_loader, mnist_transform
 from mnist_dissected.models import LeNet, Net
 
@@ -19,8 +19,8 @@ def small():
 
 
 def run(small, recipe, seed=1, channels_last=False):
-    T.seed_everything(seed)
-    recipe = T.get_recipe(recipe, epochs=1)
+    devices.seed_everything(seed)
+    recipe = recipes.get_recipe(recipe, epochs=1)
     model = Net(dropout=recipe.dropout)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -28,8 +28,8 @@ def run(small, recipe, seed=1, channels_last=False):
         small[0], batch_size=recipe.batch_size, shuffle=True, seed=seed, channels_last=channels_last
     )
     tests = TensorBatches.from_dataset(small[1], batch_size=500)
-    opt, sched = T.make_optimizer(model, recipe, steps_per_epoch=len(batches))
-    history = T.fit(
+    opt, sched = recipes.make_optimizer(model, recipe, steps_per_epoch=len(batches))
+    history = train.fit(
         model, batches, tests, opt, scheduler=sched, epochs=1, progress=False, verbose=False
     )
     return model, history
@@ -52,7 +52,7 @@ def test_history_records_what_happened(small):
     assert record["epoch"] == 1 and len(record["step_losses"]) == 2048 // 64
     assert record["train_loss"] == pytest.approx(sum(record["step_losses"]) / 32)
     assert record["seconds"] > 0
-    loss, acc = T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
+    loss, acc = train.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
     assert (loss, acc) == (record["val_loss"], record["val_accuracy"])
     assert record["step_losses"][-1] < record["step_losses"][0], "it learns"
 
@@ -70,7 +70,7 @@ def test_evaluate_counts_right_answers_and_averages_the_loss():
 
     x = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [0.0, 0.0]])
     y = torch.tensor([0, 1, 1, 0])
-    loss, acc = T.evaluate(Fixed(), [(x[:2], y[:2]), (x[2:], y[2:])])
+    loss, acc = train.evaluate(Fixed(), [(x[:2], y[:2]), (x[2:], y[2:])])
     expected = torch.nn.functional.nll_loss(torch.log_softmax(x, 1), y).item()
     assert acc == 0.75  # the tie in the last row goes to class 0, as argmax does
     assert loss == pytest.approx(expected)
@@ -84,36 +84,36 @@ def test_evaluate_uses_eval_mode_and_no_graph(small):
             (module.training, torch.is_grad_enabled(), output.grad_fn)
         )
     )
-    T.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
+    train.evaluate(model, TensorBatches.from_dataset(small[1], batch_size=500))
     assert not model.training
     assert seen == [(False, False, None)] * 2, "eval mode, autograd off, no graph recorded"
 
 
 @pytest.mark.slow
 def test_train_epoch_logs_like_the_example(small, capsys):
-    T.seed_everything(0)
+    devices.seed_everything(0)
     model = Net()
     loader = make_loader(small[0], batch_size=64, shuffle=True, seed=0)
-    opt, _ = T.make_optimizer(model, T.RECIPES["classic"], steps_per_epoch=len(loader))
-    losses = T.train_epoch(model, loader, opt, log_interval=10, progress=False)
+    opt, _ = recipes.make_optimizer(model, recipes.RECIPES["classic"], steps_per_epoch=len(loader))
+    losses = train.train_epoch(model, loader, opt, log_interval=10, progress=False)
     lines = capsys.readouterr().out.splitlines()
     assert len(losses) == 32 and len(lines) == 4
     assert lines[1].startswith("Train Epoch: 1 [640/2048 (31%)]\tLoss: ")
     tensors = TensorBatches.from_dataset(small[0], batch_size=100)
-    T.train_epoch(model, tensors, opt, log_interval=20, progress=False)
+    train.train_epoch(model, tensors, opt, log_interval=20, progress=False)
     assert capsys.readouterr().out.splitlines()[1].startswith("Train Epoch: 1 [2000/2048 (95%)]")
 
 
 def test_summary_line_is_the_examples():
     assert (
-        T.summary_line(0.02281, 0.9926, 10_000)
+        train.summary_line(0.02281, 0.9926, 10_000)
         == "Test set: Average loss: 0.0228, Accuracy: 9926/10000 (99.26%)"
     )
-    assert T.summary_line(0.1, 0.5, 10, split="Validation").startswith("Validation set: ")
+    assert train.summary_line(0.1, 0.5, 10, split="Validation").startswith("Validation set: ")
 
 
 def test_recipes():
-    classic, fast = T.RECIPES["classic"], T.RECIPES["fast"]
+    classic, fast = recipes.RECIPES["classic"], recipes.RECIPES["fast"]
     assert (classic.optimizer, classic.lr, classic.momentum, classic.batch_size) == (
         "sgd",
         0.01,
@@ -122,10 +122,10 @@ def test_recipes():
     )
     assert classic.dropout == 0.5 and classic.data_path == "loader"
     assert fast.epochs <= 3 and fast.data_path == "tensors"
-    assert T.get_recipe("classic", lr=0.1, epochs=None).lr == 0.1
+    assert recipes.get_recipe("classic", lr=0.1, epochs=None).lr == 0.1
     with pytest.raises(ValueError, match="unknown recipe"):
-        T.get_recipe("slow")
-    opt, sched = T.make_optimizer(Net(), fast, steps_per_epoch=10)
+        recipes.get_recipe("slow")
+    opt, sched = recipes.make_optimizer(Net(), fast, steps_per_epoch=10)
     assert isinstance(opt, torch.optim.Adam) and sched.total_steps == 30
 
 
@@ -134,34 +134,34 @@ def test_recipes():
     [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
 )
 def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
-    monkeypatch.delenv(T.DEVICE_ENV_VAR, raising=False)
+    monkeypatch.delenv(devices.DEVICE_ENV_VAR, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    assert T.pick_device() == torch.device(expected)
-    assert T.pick_device("cpu") == torch.device("cpu")
+    assert devices.pick_device() == torch.device(expected)
+    assert devices.pick_device("cpu") == torch.device("cpu")
 
 
 def test_pick_device_reads_the_environment(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the variable wins over CUDA
-    monkeypatch.setenv(T.DEVICE_ENV_VAR, "cpu")
-    assert T.pick_device() == torch.device("cpu")
-    monkeypatch.delenv(T.DEVICE_ENV_VAR)
-    assert T.pick_device() == torch.device("cuda")
+    monkeypatch.setenv(devices.DEVICE_ENV_VAR, "cpu")
+    assert devices.pick_device() == torch.device("cpu")
+    monkeypatch.delenv(devices.DEVICE_ENV_VAR)
+    assert devices.pick_device() == torch.device("cuda")
 
 
 def test_lenet_batches_are_padded(small):
-    recipe = T.get_recipe("fast")
-    train, _, _ = T.make_batches(recipe, "lenet")
-    x, _ = next(iter(train))
+    recipe = recipes.get_recipe("fast")
+    train_batches, _, _ = train.make_batches(recipe, "lenet")
+    x, _ = next(iter(train_batches))
     assert x.shape[1:] == (1, 32, 32)
     assert LeNet()(x[:2]).shape == (2, 10)
 
 
 def test_dry_run_trains_one_batch_and_tests_one(capsys):
-    run = T.train_model("net", "fast", dry_run=True, progress=False, device="cpu")
+    run = train.train_model("net", "fast", dry_run=True, progress=False, device="cpu")
     (record,) = run.history
     assert len(record["step_losses"]) == 1
-    assert run.test["n"] == T.RECIPES["fast"].test_batch_size
+    assert run.test["n"] == recipes.RECIPES["fast"].test_batch_size
     assert capsys.readouterr().out.strip().startswith("Test set: ")
 
 
@@ -172,24 +172,24 @@ def test_train_model_scores_validation_per_epoch_and_test_once(monkeypatch, smal
         )
 
     monkeypatch.setattr(
-        T,
+        train,
         "make_batches",
-        lambda recipe, name, **kw: T.Batches(
+        lambda recipe, name, **kw: train.Batches(
             tiny(512, batch_size=256, shuffle=True),
             tiny(300, batch_size=100),
             tiny(700, batch_size=100),
         ),
     )
     scored = []
-    real_evaluate = T.evaluate
+    real_evaluate = train.evaluate
 
     def spy(model, batches, **kwargs):
         scored.append(len(batches.targets))
         return real_evaluate(model, batches, **kwargs)
 
-    monkeypatch.setattr(T, "evaluate", spy)
-    run = T.train_model(
-        "net", T.get_recipe("fast", epochs=2), progress=False, verbose=False, device="cpu"
+    monkeypatch.setattr(train, "evaluate", spy)
+    run = train.train_model(
+        "net", recipes.get_recipe("fast", epochs=2), progress=False, verbose=False, device="cpu"
     )
     assert scored == [300, 300, 700], "validation each epoch, the test set once at the end"
     assert run.test["n"] == 700
@@ -198,8 +198,8 @@ def test_train_model_scores_validation_per_epoch_and_test_once(monkeypatch, smal
 
 
 def test_step_schedule_multiplies_by_gamma_each_epoch():
-    recipe = T.get_recipe("classic", schedule="step", gamma=0.5)
-    opt, sched = T.make_optimizer(Net(), recipe, steps_per_epoch=3)
+    recipe = recipes.get_recipe("classic", schedule="step", gamma=0.5)
+    opt, sched = recipes.make_optimizer(Net(), recipe, steps_per_epoch=3)
     rates = []
     for _ in range(6):
         rates.append(opt.param_groups[0]["lr"])
@@ -210,7 +210,7 @@ def test_step_schedule_multiplies_by_gamma_each_epoch():
 
 def test_evaluate_on_nothing_says_so():
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        T.evaluate(Net(), [], device="cpu")
+        train.evaluate(Net(), [], device="cpu")
     batch = [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))]
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        T.evaluate(Net(), batch, device="cpu", max_batches=0)
+        train.evaluate(Net(), batch, device="cpu", max_batches=0)
