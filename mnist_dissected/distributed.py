@@ -157,7 +157,8 @@ def train_ddp(
     **overrides: Any,
 ):
     """:func:`~mnist_dissected.train.train_model`, data-parallel: call it inside
-    :func:`~mnist_dissected.process_group.init_distributed` on every rank. Dissected in Part 6, §6.7.
+    :func:`~mnist_dissected.process_group.init_distributed` on every rank. Dissected in Part 6,
+    §6.7.
 
     The same story as one process, told by the same :func:`~mnist_dissected.train.fit`, with
     DDP's real differences as its hooks: every rank seeds the same and builds the same model

@@ -141,8 +141,9 @@ def fit(
     validation) and ``train_seconds`` (training alone). Dissected in Part 4, §4.4.
 
     The hooks are what data-parallel training changes (Part 6, §6.7): ``evaluator`` scores the
-    validation batches (:func:`evaluate`, the default, or one with its arguments and result), ``on_epoch_start(epoch)``
-    runs before each epoch (a ``DistributedSampler`` must be told the epoch),
+    validation batches (:func:`evaluate`, the default, or one with its arguments and result),
+    ``on_epoch_start(epoch)`` runs before each epoch (a ``DistributedSampler`` must be told the
+    epoch),
     ``reduce_losses`` turns this process's step losses into the run's (the mean over ranks),
     and ``say`` prints the summary line (on rank 0 only)."""
     evaluator = evaluator or evaluate

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dissected import checkpoint as C
+from mnist_dissected import checkpoint
 from mnist_dissected.models import LeNet, Net
 from mnist_dissected.train import RECIPES
 
@@ -27,7 +27,7 @@ def saved(tmp_path):
             "seconds": 1.5,
         }
     ]
-    path = C.save_checkpoint(
+    path = checkpoint.save_checkpoint(
         tmp_path / "net.pt", net, recipe=RECIPES["fast"], history=history, seed=7
     )
     return net, path
@@ -35,14 +35,14 @@ def saved(tmp_path):
 
 def test_round_trip_with_metadata(saved):
     net, path = saved
-    loaded, meta = C.load_checkpoint(path, Net())
+    loaded, meta = checkpoint.load_checkpoint(path, Net())
     for p, q in zip(net.parameters(), loaded.parameters(), strict=True):
         assert torch.equal(p, q)
     assert not loaded.training
     assert meta["architecture"] == "net" and meta["recipe"]["name"] == "fast"
     assert meta["epochs"] == 1 and meta["seed"] == 7 and meta["history"][0]["seconds"] == 1.5
     assert meta["torch_version"] == str(torch.__version__)
-    rebuilt, _ = C.load_checkpoint(path)  # architecture from the file
+    rebuilt, _ = checkpoint.load_checkpoint(path)  # architecture from the file
     assert isinstance(rebuilt, Net) and rebuilt.dropout == net.dropout
 
 
@@ -55,35 +55,35 @@ def test_write_is_atomic_and_leaves_no_temporary_file(saved, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        C.save_checkpoint(path, LeNet())
+        checkpoint.save_checkpoint(path, LeNet())
     assert path.read_bytes() == before, "the old checkpoint is untouched"
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_another_architecture_is_a_clear_error(saved):
     _, path = saved
-    with pytest.raises(C.CheckpointError, match="weights of a Net, not of a LeNet"):
-        C.load_checkpoint(path, LeNet())
+    with pytest.raises(checkpoint.CheckpointError, match="weights of a Net, not of a LeNet"):
+        checkpoint.load_checkpoint(path, LeNet())
 
 
 def test_truncated_checkpoint_is_a_clear_error(saved):
     _, path = saved
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(C.CheckpointError, match="truncated or not a PyTorch checkpoint"):
-        C.load_checkpoint(path, Net())
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or not a PyTorch checkpoint"):
+        checkpoint.load_checkpoint(path, Net())
 
 
 def test_file_that_is_no_checkpoint(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(C.CheckpointError, match="truncated or not a PyTorch checkpoint"):
-        C.load_checkpoint(text)
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or not a PyTorch checkpoint"):
+        checkpoint.load_checkpoint(text)
     bare = tmp_path / "bare.pt"
     torch.save(Net().state_dict(), bare)
-    with pytest.raises(C.CheckpointError, match="not an mnist-dissected checkpoint"):
-        C.load_checkpoint(bare)
+    with pytest.raises(checkpoint.CheckpointError, match="not an mnist-dissected checkpoint"):
+        checkpoint.load_checkpoint(bare)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        C.load_checkpoint(tmp_path / "missing.pt")
+        checkpoint.load_checkpoint(tmp_path / "missing.pt")
 
 
 class Exploit:
@@ -101,13 +101,13 @@ class Exploit:
 def test_malicious_pickle_is_refused_and_not_run(tmp_path, wrap):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    payload = {"format": C.FORMAT, "architecture": "Net", "state_dict": Exploit(marker)}
+    payload = {"format": checkpoint.FORMAT, "architecture": "Net", "state_dict": Exploit(marker)}
     if wrap == "torch.save":
         torch.save(payload, evil)
     else:
         evil.write_bytes(pickle.dumps(payload))
-    with pytest.raises(C.CheckpointError, match="refused to load") as err:
-        C.load_checkpoint(evil)
+    with pytest.raises(checkpoint.CheckpointError, match="refused to load") as err:
+        checkpoint.load_checkpoint(evil)
     message = str(err.value)
     assert str(evil) in message and "could run any code" in message
     assert "came from" in message and "save_checkpoint" in message
@@ -137,8 +137,8 @@ def test_malformed_metadata_is_a_checkpoint_error(saved, tmp_path, damage, compl
     damage(payload)
     bad = tmp_path / "bad.pt"
     torch.save(payload, bad)
-    with pytest.raises(C.CheckpointError, match=complaint):
-        C.load_checkpoint(bad)
+    with pytest.raises(checkpoint.CheckpointError, match=complaint):
+        checkpoint.load_checkpoint(bad)
 
 
 def test_version_1_checkpoints_name_the_class_and_still_load(saved, tmp_path):
@@ -147,7 +147,7 @@ def test_version_1_checkpoints_name_the_class_and_still_load(saved, tmp_path):
     payload["architecture"] = "Net"  # what version 1 saved
     old = tmp_path / "old.pt"
     torch.save(payload, old)
-    model, _ = C.load_checkpoint(old)
+    model, _ = checkpoint.load_checkpoint(old)
     assert isinstance(model, Net)
 
 
@@ -162,10 +162,10 @@ def test_version_1_checkpoints_name_the_class_and_still_load(saved, tmp_path):
 )
 def test_checkpoint_of_a_wrapped_model_loads_into_a_plain_net(tmp_path, wrap):
     net = Net()
-    path = C.save_checkpoint(tmp_path / "wrapped.pt", wrap(net))
+    path = checkpoint.save_checkpoint(tmp_path / "wrapped.pt", wrap(net))
     names = torch.load(path, weights_only=True)["state_dict"]
     assert names and not any(k.startswith(("module.", "_orig_mod.")) for k in names)
-    loaded, meta = C.load_checkpoint(path, Net())
+    loaded, meta = checkpoint.load_checkpoint(path, Net())
     assert torch.equal(loaded.fc2.weight, net.fc2.weight) and meta["architecture"] == "net"
 
 
@@ -175,14 +175,14 @@ def test_a_damaged_checkpoint_is_refused_not_loaded_wrong(saved):
     middle = len(data) // 2  # inside the weights: the archive's structure is intact
     data[middle : middle + 200] = bytes(200)
     path.write_bytes(bytes(data))
-    with pytest.raises(C.CheckpointError, match="does not match the checksum") as err:
-        C.load_checkpoint(path, Net())
+    with pytest.raises(checkpoint.CheckpointError, match="does not match the checksum") as err:
+        checkpoint.load_checkpoint(path, Net())
     assert str(path) in str(err.value) and "save it again" in str(err.value)
 
 
 def test_extra_metadata_is_kept_but_cannot_replace_the_checkpoints_own(tmp_path):
-    path = C.save_checkpoint(tmp_path / "m.pt", Net(), extra={"written_by": "me"})
-    assert C.load_checkpoint(path)[1]["written_by"] == "me"
+    path = checkpoint.save_checkpoint(tmp_path / "m.pt", Net(), extra={"written_by": "me"})
+    assert checkpoint.load_checkpoint(path)[1]["written_by"] == "me"
     with pytest.raises(ValueError, match=r"may not replace.*\['seed'\]"):
-        C.save_checkpoint(tmp_path / "n.pt", Net(), extra={"seed": 3})
+        checkpoint.save_checkpoint(tmp_path / "n.pt", Net(), extra={"seed": 3})
     assert not (tmp_path / "n.pt").exists()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dissected import data as D
+from mnist_dissected import data
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -14,58 +14,58 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 @pytest.fixture(scope="module")
 def train_set():
-    return D.load_mnist(train=True, transform=D.mnist_transform())
+    return data.load_mnist(train=True, transform=data.mnist_transform())
 
 
 @pytest.fixture(scope="module")
 def test_set():
-    return D.load_mnist(train=False, transform=D.mnist_transform())
+    return data.load_mnist(train=False, transform=data.mnist_transform())
 
 
 # --------------------------------------------------------------------------- transforms, paths
 
 
 def test_padding_for_lenet_matches_the_transform(test_set):
-    padded = D.load_mnist(train=False, transform=D.mnist_transform(pad=2))
+    padded = data.load_mnist(train=False, transform=data.mnist_transform(pad=2))
     x, _ = padded[0]
     assert x.shape == (1, 32, 32)
-    assert torch.equal(D.normalize_images(test_set.data[:1], pad=2)[0], x)
+    assert torch.equal(data.normalize_images(test_set.data[:1], pad=2)[0], x)
     raw = test_set.data[:1].unsqueeze(1).float() / 255
-    assert torch.equal(D.pad_to_32(raw)[..., 2:30, 2:30], raw)
-    normalized = D.normalize_images(test_set.data[:1])
-    assert torch.allclose(D.pad_to_32(normalized, value=D.NORMALIZED_BLACK), x)
+    assert torch.equal(data.pad_to_32(raw)[..., 2:30, 2:30], raw)
+    normalized = data.normalize_images(test_set.data[:1])
+    assert torch.allclose(data.pad_to_32(normalized, value=data.NORMALIZED_BLACK), x)
 
 
 def test_make_loader_defaults_to_no_worker_processes(test_set):
-    loader = D.make_loader(test_set)
+    loader = data.make_loader(test_set)
     assert loader.num_workers == 0 and loader.batch_size == 64 and len(loader) == 157
 
 
 def test_seeded_loader_gives_the_same_first_batch(test_set):
-    first = [next(iter(D.make_loader(test_set, shuffle=True, seed=3)))[1] for _ in range(2)]
+    first = [next(iter(data.make_loader(test_set, shuffle=True, seed=3)))[1] for _ in range(2)]
     assert torch.equal(*first)
-    other = next(iter(D.make_loader(test_set, shuffle=True, seed=4)))[1]
+    other = next(iter(data.make_loader(test_set, shuffle=True, seed=4)))[1]
     assert not torch.equal(first[0], other)
 
 
 @pytest.mark.slow
 def test_tensor_path_yields_exactly_the_dataloader_batches(test_set):
     """Same order in, same bits out: the fast path is the DataLoader path without the copies."""
-    fast = D.TensorBatches.from_dataset(test_set, batch_size=100)
+    fast = data.TensorBatches.from_dataset(test_set, batch_size=100)
     order = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))
-    loader = D.make_loader(test_set, batch_size=100, sampler=order.tolist())
+    loader = data.make_loader(test_set, batch_size=100, sampler=order.tolist())
     n = 0
     for (x1, y1), (x2, y2) in zip(loader, fast.batches(order), strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
         n += 1
     assert n == 100
-    unshuffled = zip(D.make_loader(test_set, batch_size=100), fast, strict=True)
+    unshuffled = zip(data.make_loader(test_set, batch_size=100), fast, strict=True)
     assert all(torch.equal(a[0], b[0]) for a, b in unshuffled)
 
 
 def test_tensor_path_reshuffles_every_epoch_reproducibly(test_set):
     def epochs(seed):
-        fast = D.TensorBatches.from_dataset(test_set, batch_size=1000, shuffle=True, seed=seed)
+        fast = data.TensorBatches.from_dataset(test_set, batch_size=1000, shuffle=True, seed=seed)
         return [torch.cat([y for _, y in fast]) for _ in range(2)]
 
     a, b = epochs(0), epochs(0)
@@ -76,40 +76,40 @@ def test_tensor_path_reshuffles_every_epoch_reproducibly(test_set):
 
 @pytest.mark.parametrize("drop_last, batches, last", [(False, 157, 16), (True, 156, 64)])
 def test_tensor_path_drop_last(test_set, drop_last, batches, last):
-    fast = D.TensorBatches.from_dataset(test_set, batch_size=64, drop_last=drop_last)
+    fast = data.TensorBatches.from_dataset(test_set, batch_size=64, drop_last=drop_last)
     sizes = [len(y) for _, y in fast]
     assert len(fast) == len(sizes) == batches and sizes[-1] == last
-    loader = D.make_loader(test_set, batch_size=64, drop_last=drop_last)
+    loader = data.make_loader(test_set, batch_size=64, drop_last=drop_last)
     assert len(loader) == len(fast)
 
 
 def test_tensor_path_channels_last_keeps_values(test_set):
-    plain = D.TensorBatches.from_dataset(test_set)
-    cl = D.TensorBatches.from_dataset(test_set, channels_last=True)
+    plain = data.TensorBatches.from_dataset(test_set)
+    cl = data.TensorBatches.from_dataset(test_set, channels_last=True)
     assert cl.images.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain.images, cl.images)
 
 
 def test_mismatched_images_and_targets_are_refused():
     with pytest.raises(ValueError, match="3 images but 2 targets"):
-        D.TensorBatches(torch.zeros(3, 1, 28, 28), torch.zeros(2))
+        data.TensorBatches(torch.zeros(3, 1, 28, 28), torch.zeros(2))
 
 
 def test_validation_split_is_disjoint_fixed_and_seed_independent():
-    train, val = D.train_validation_indices(60000)
-    assert len(train) == 55000 and len(val) == D.VALIDATION_SIZE == 5000
+    train, val = data.train_validation_indices(60000)
+    assert len(train) == 55000 and len(val) == data.VALIDATION_SIZE == 5000
     assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(60000))
-    again = D.train_validation_indices(60000)
+    again = data.train_validation_indices(60000)
     assert torch.equal(again[1], val)
     with pytest.raises(ValueError, match="validation_size"):
-        D.train_validation_indices(10, validation_size=10)
+        data.train_validation_indices(10, validation_size=10)
 
 
 def test_tensor_batches_from_a_subset(test_set):
     idx = torch.tensor([5, 1, 7])
-    sub = D.TensorBatches.from_dataset(test_set, indices=idx, batch_size=2)
+    sub = data.TensorBatches.from_dataset(test_set, indices=idx, batch_size=2)
     assert torch.equal(sub.targets, test_set.targets[idx])
-    assert torch.equal(sub.images, D.normalize_images(test_set.data[idx]))
+    assert torch.equal(sub.images, data.normalize_images(test_set.data[idx]))
 
 
 def test_sizes_labels_and_class_counts(train_set, test_set):
@@ -121,13 +121,13 @@ def test_sizes_labels_and_class_counts(train_set, test_set):
 
 
 def test_mean_and_std_constants_agree_with_the_data(train_set):
-    mean, std = D.compute_mean_std(train_set)
-    assert round(mean, 4) == D.MNIST_MEAN
-    assert round(std, 4) == D.MNIST_STD
+    mean, std = data.compute_mean_std(train_set)
+    assert round(mean, 4) == data.MNIST_MEAN
+    assert round(std, 4) == data.MNIST_STD
 
 
 def test_normalized_training_set_has_mean_0_std_1(train_set):
-    x = D.normalize_images(train_set.data)
+    x = data.normalize_images(train_set.data)
     assert abs(x.mean().item()) < 1e-3 and abs(x.std().item() - 1) < 1e-3
 
 

@@ -409,7 +409,7 @@ def test_a_world_that_cannot_form_fails_fast_and_says_why(launched):
     assert "connect" in out and "Start all 2 processes" in out
     uncaught = err.strip().splitlines()[-1]
     assert uncaught.startswith(
-        "mnist_dissected.distributed.WorldError: " + start.format(0) + f"127.0.0.1:{alone}"
+        "mnist_dissected.process_group.WorldError: " + start.format(0) + f"127.0.0.1:{alone}"
     ), uncaught
     assert "clients" in uncaught
 

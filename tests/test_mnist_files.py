@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from torchvision import datasets
 
-from mnist_dissected import data as D
-from mnist_dissected import mnist_files as F
+from mnist_dissected import data, mnist_files
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data"
 NAME = "t10k-labels-idx1-ubyte"
@@ -28,7 +27,7 @@ def no_download(monkeypatch):
         raise RuntimeError("Error downloading: <urlopen error Name or service not known>")
 
     monkeypatch.setattr(datasets.MNIST, "download", offline)
-    monkeypatch.delenv(F.ENV_VAR, raising=False)
+    monkeypatch.delenv(mnist_files.ENV_VAR, raising=False)
     return tried
 
 
@@ -47,45 +46,45 @@ def leftovers(root: Path) -> list[str]:
 
 def test_shipped_files_have_the_documented_checksums():
     readme = (SHIPPED / "README.md").read_text()
-    for name, digest in F.RESOURCES.items():
-        assert F.sha256_of(SHIPPED / f"{name}.gz", gzipped=True) == digest
+    for name, digest in mnist_files.RESOURCES.items():
+        assert mnist_files.sha256_of(SHIPPED / f"{name}.gz", gzipped=True) == digest
         assert digest in readme, f"data/README.md must list the checksum of {name}"
 
 
 def test_root_argument_then_env_then_checkout(monkeypatch, tmp_path):
-    monkeypatch.delenv(F.ENV_VAR, raising=False)
-    assert F.data_root() == SHIPPED
-    monkeypatch.setenv(F.ENV_VAR, str(tmp_path / "env"))
-    assert F.data_root() == tmp_path / "env"
-    assert F.data_root(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv(mnist_files.ENV_VAR, raising=False)
+    assert mnist_files.data_root() == SHIPPED
+    monkeypatch.setenv(mnist_files.ENV_VAR, str(tmp_path / "env"))
+    assert mnist_files.data_root() == tmp_path / "env"
+    assert mnist_files.data_root(tmp_path / "arg") == tmp_path / "arg"
 
 
 def test_shipped_gz_files_are_verified_and_decompressed_without_download(tmp_path, no_download):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    test = D.load_mnist(train=False, root=tmp_path)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    test = data.load_mnist(train=False, root=tmp_path)
     assert len(test) == 10_000 and no_download == []
-    for name, digest in F.RESOURCES.items():
+    for name, digest in mnist_files.RESOURCES.items():
         raw = tmp_path / "MNIST" / "raw" / name
-        assert F.sha256_of(raw) == digest
+        assert mnist_files.sha256_of(raw) == digest
     assert leftovers(tmp_path) == [], "no temporary files left"
 
 
 def test_missing_files_offline_name_the_files_the_places_and_the_fix(tmp_path, no_download):
     copy_shipped(tmp_path, "t10k-labels-idx1-ubyte")
-    with pytest.raises(F.MNISTNotFoundError) as err:
-        D.load_mnist(train=False, root=tmp_path)
+    with pytest.raises(mnist_files.MNISTNotFoundError) as err:
+        data.load_mnist(train=False, root=tmp_path)
     message = str(err.value)
     assert no_download, "a download is tried first"
     for name in ["train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"]:
         assert name in message
     assert "t10k-labels-idx1-ubyte.gz," not in message.splitlines()[0], "that one is there"
     assert str(tmp_path / "MNIST" / "raw") in message and str(tmp_path) in message
-    assert F.ENV_VAR in message and "Name or service not known" in message
+    assert mnist_files.ENV_VAR in message and "Name or service not known" in message
 
 
 def test_missing_files_without_download_are_not_downloaded(tmp_path, no_download):
-    with pytest.raises(F.MNISTNotFoundError, match="MNIST files not found"):
-        D.load_mnist(root=tmp_path, download=False)
+    with pytest.raises(mnist_files.MNISTNotFoundError, match="MNIST files not found"):
+        data.load_mnist(root=tmp_path, download=False)
     assert no_download == []
 
 
@@ -94,8 +93,8 @@ def test_downloader_that_raises_urlerror_is_reported_too(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(datasets.MNIST, "download", offline)
-    with pytest.raises(F.MNISTNotFoundError, match="no network"):
-        D.load_mnist(root=tmp_path)
+    with pytest.raises(mnist_files.MNISTNotFoundError, match="no network"):
+        data.load_mnist(root=tmp_path)
 
 
 def damaged_gz(damage: str) -> bytes:
@@ -146,13 +145,13 @@ def test_damage_in_the_middle_of_the_deflate_stream_is_what_zlib_rejects():
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_corrupt_or_truncated_gz_is_named_with_its_checksum_and_kept(tmp_path, no_download, damage):
     name = NAME
-    copy_shipped(tmp_path, *F.RESOURCES)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
     gz = tmp_path / f"{name}.gz"
     gz.write_bytes(damaged_gz(damage))
     damaged = gz.read_bytes()
-    with pytest.raises(F.CorruptDataError) as err:
-        D.load_mnist(train=False, root=tmp_path)
-    assert str(gz) in str(err.value) and F.RESOURCES[name] in str(err.value)
+    with pytest.raises(mnist_files.CorruptDataError) as err:
+        data.load_mnist(train=False, root=tmp_path)
+    assert str(gz) in str(err.value) and mnist_files.RESOURCES[name] in str(err.value)
     assert gz.read_bytes() == damaged, "the user's file is left as it is"
     assert not (tmp_path / "MNIST" / "raw" / name).exists(), "nothing bad is used"
     assert no_download == [], "never silently replaced by a download"
@@ -161,56 +160,60 @@ def test_corrupt_or_truncated_gz_is_named_with_its_checksum_and_kept(tmp_path, n
 
 
 def test_corrupt_decompressed_file_is_refused_and_kept(tmp_path, no_download):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    F.prepare_raw(tmp_path)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.prepare_raw(tmp_path)
     raw = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     raw.write_bytes(raw.read_bytes()[:-10])
-    with pytest.raises(F.CorruptDataError, match=F.RESOURCES["train-labels-idx1-ubyte"]):
-        D.load_mnist(root=tmp_path)
+    with pytest.raises(
+        mnist_files.CorruptDataError, match=mnist_files.RESOURCES["train-labels-idx1-ubyte"]
+    ):
+        data.load_mnist(root=tmp_path)
     assert raw.exists()
 
 
 def test_each_file_is_hashed_once_then_trusted_by_its_stamp(tmp_path, no_download, monkeypatch):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    assert F.prepare_raw(tmp_path) == []
-    stamps = sorted(p.name for p in F.raw_folder(tmp_path).glob("*" + F.STAMP_SUFFIX))
-    assert stamps == sorted(n + F.STAMP_SUFFIX for n in F.RESOURCES)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    assert mnist_files.prepare_raw(tmp_path) == []
+    stamps = sorted(
+        p.name for p in mnist_files.raw_folder(tmp_path).glob("*" + mnist_files.STAMP_SUFFIX)
+    )
+    assert stamps == sorted(n + mnist_files.STAMP_SUFFIX for n in mnist_files.RESOURCES)
     hashed = []
-    monkeypatch.setattr(F, "sha256_of", lambda path, **kw: hashed.append(path))
-    monkeypatch.setattr(F, "_decompress_verified", lambda gz, *a, **k: hashed.append(gz))
-    assert F.prepare_raw(tmp_path) == [] and hashed == [], "nothing hashed again"
+    monkeypatch.setattr(mnist_files, "sha256_of", lambda path, **kw: hashed.append(path))
+    monkeypatch.setattr(mnist_files, "_decompress_verified", lambda gz, *a, **k: hashed.append(gz))
+    assert mnist_files.prepare_raw(tmp_path) == [] and hashed == [], "nothing hashed again"
 
 
 def test_a_replaced_gz_is_detected_despite_the_stamp(tmp_path, no_download):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    F.prepare_raw(tmp_path)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.prepare_raw(tmp_path)
     gz = tmp_path / f"{NAME}.gz"
     gz.write_bytes(damaged_gz("wrong content"))
-    with pytest.raises(F.CorruptDataError, match=str(gz)):
-        F.prepare_raw(tmp_path)
+    with pytest.raises(mnist_files.CorruptDataError, match=str(gz)):
+        mnist_files.prepare_raw(tmp_path)
 
 
 def test_a_changed_decompressed_copy_is_detected_despite_the_stamp(tmp_path, no_download):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    F.prepare_raw(tmp_path)
-    raw = F.raw_folder(tmp_path) / NAME
-    data = bytearray(raw.read_bytes())
-    data[-1] ^= 1
-    raw.write_bytes(bytes(data))  # same size, new modification time
-    with pytest.raises(F.CorruptDataError, match=str(raw)):
-        F.prepare_raw(tmp_path)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.prepare_raw(tmp_path)
+    raw = mnist_files.raw_folder(tmp_path) / NAME
+    content = bytearray(raw.read_bytes())
+    content[-1] ^= 1
+    raw.write_bytes(bytes(content))  # same size, new modification time
+    with pytest.raises(mnist_files.CorruptDataError, match=str(raw)):
+        mnist_files.prepare_raw(tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_read_only_folder_blames_the_folder_not_the_input(tmp_path, no_download):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    F.raw_folder(tmp_path).mkdir(parents=True)
-    F.raw_folder(tmp_path).chmod(0o555)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.raw_folder(tmp_path).mkdir(parents=True)
+    mnist_files.raw_folder(tmp_path).chmod(0o555)
     try:
-        with pytest.raises(F.DataWriteError, match="is fine and was not changed"):
-            F.prepare_raw(tmp_path)
+        with pytest.raises(mnist_files.DataWriteError, match="is fine and was not changed"):
+            mnist_files.prepare_raw(tmp_path)
     finally:
-        F.raw_folder(tmp_path).chmod(0o755)
+        mnist_files.raw_folder(tmp_path).chmod(0o755)
 
 
 def refuse_writes(monkeypatch) -> None:
@@ -226,40 +229,42 @@ def refuse_writes(monkeypatch) -> None:
 
 
 def test_read_only_folder_blames_the_folder_even_for_root(tmp_path, no_download, monkeypatch):
-    copy_shipped(tmp_path, *F.RESOURCES)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
     refuse_writes(monkeypatch)
-    with pytest.raises(F.DataWriteError, match="is fine and was not changed"):
-        F.prepare_raw(tmp_path)
-    assert not (F.raw_folder(tmp_path) / "t10k-labels-idx1-ubyte").exists()
+    with pytest.raises(mnist_files.DataWriteError, match="is fine and was not changed"):
+        mnist_files.prepare_raw(tmp_path)
+    assert not (mnist_files.raw_folder(tmp_path) / "t10k-labels-idx1-ubyte").exists()
 
 
 def test_read_only_folder_with_verified_files_loads_and_hashes_again(
     tmp_path, no_download, monkeypatch
 ):
-    copy_shipped(tmp_path, *F.RESOURCES)
-    F.prepare_raw(tmp_path)
-    stamps = sorted(F.raw_folder(tmp_path).glob(f"*{F.STAMP_SUFFIX}"))
-    assert len(stamps) == len(F.RESOURCES)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.prepare_raw(tmp_path)
+    stamps = sorted(mnist_files.raw_folder(tmp_path).glob(f"*{mnist_files.STAMP_SUFFIX}"))
+    assert len(stamps) == len(mnist_files.RESOURCES)
     for stamp in stamps:
         stamp.unlink()
     refuse_writes(monkeypatch)
-    assert F.prepare_raw(tmp_path) == [], "the data loads although no stamp can be written"
-    assert list(F.raw_folder(tmp_path).glob(f"*{F.STAMP_SUFFIX}")) == []
+    assert mnist_files.prepare_raw(tmp_path) == [], (
+        "the data loads although no stamp can be written"
+    )
+    assert list(mnist_files.raw_folder(tmp_path).glob(f"*{mnist_files.STAMP_SUFFIX}")) == []
     assert leftovers(tmp_path) == []
 
 
 def test_a_file_where_the_folder_should_be_blames_the_place_written_to(tmp_path, no_download):
-    copy_shipped(tmp_path, *F.RESOURCES)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
     (tmp_path / "MNIST").write_text("not a folder")
-    with pytest.raises(F.DataWriteError) as err:
-        F.prepare_raw(tmp_path)
+    with pytest.raises(mnist_files.DataWriteError) as err:
+        mnist_files.prepare_raw(tmp_path)
     message = str(err.value)
     assert "could not write the decompressed copy" in message and "is fine" in message
     assert "corrupt" not in message
 
 
 def test_a_full_disk_blames_the_disk_not_the_input(tmp_path, no_download, monkeypatch):
-    copy_shipped(tmp_path, *F.RESOURCES)
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
     import errno
 
     import mnist_dissected.files as files
@@ -272,23 +277,23 @@ def test_a_full_disk_blames_the_disk_not_the_input(tmp_path, no_download, monkey
         return os.open("/dev/full", os.O_WRONLY), name  # every write: ENOSPC
 
     monkeypatch.setattr(files.tempfile, "mkstemp", full_disk_mkstemp)
-    with pytest.raises(F.DataWriteError, match="Make room on the disk") as err:
-        F.prepare_raw(tmp_path)
+    with pytest.raises(mnist_files.DataWriteError, match="Make room on the disk") as err:
+        mnist_files.prepare_raw(tmp_path)
     assert err.value.__cause__.errno == errno.ENOSPC
     assert leftovers(tmp_path) == [], "the temporary file is removed"
 
 
 def test_a_mistyped_folder_gets_no_empty_tree(tmp_path, no_download):
     typo = tmp_path / "dta"
-    with pytest.raises(F.MNISTNotFoundError, match=str(typo)):
-        D.load_mnist(root=typo)
+    with pytest.raises(mnist_files.MNISTNotFoundError, match=str(typo)):
+        data.load_mnist(root=typo)
     assert not typo.exists(), "nothing created where nothing was written"
     typo.mkdir()
-    with pytest.raises(F.MNISTNotFoundError):
-        D.load_mnist(root=typo)
+    with pytest.raises(mnist_files.MNISTNotFoundError):
+        data.load_mnist(root=typo)
     assert list(typo.iterdir()) == []
 
 
 def test_the_message_names_the_flag_the_user_typed(tmp_path, no_download):
-    with pytest.raises(F.MNISTNotFoundError, match=r"\(from --data\)"):
-        D.load_mnist(root=tmp_path, root_given_as="--data")
+    with pytest.raises(mnist_files.MNISTNotFoundError, match=r"\(from --data\)"):
+        data.load_mnist(root=tmp_path, root_given_as="--data")

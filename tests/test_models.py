@@ -1,5 +1,7 @@
 """The two networks: the architectures of their sources, and clear errors for bad input."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -71,11 +73,19 @@ def test_net_without_dropout_is_deterministic_in_training_mode():
 
 
 def test_channels_last_gives_the_same_output():
+    """A channels_last copy (``.to`` changes a module in place, so a copy) computes what the
+    contiguous net does, up to float32 rounding (other kernels add in another order)."""
     torch.manual_seed(0)
     net, x = Net().eval(), torch.randn(5, 1, 28, 28)
-    cl = net.to(memory_format=torch.channels_last)
-    out = cl(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(out, Net.forward(net, x))
+    cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    # the layouts really differ: the weights, and so every activation after conv1
+    # (one input channel: a batch of images is laid out the same either way)
+    assert cl.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert cl.conv2.weight.stride() != net.conv2.weight.stride()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert cl.conv1(x_cl).stride() != net.conv1(x).stride()
+    torch.testing.assert_close(cl(x_cl), net(x))
 
 
 def test_lenet_on_28x28_says_to_pad_by_2():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dissected import preprocess as P
+from mnist_dissected import preprocess
 from mnist_dissected.data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK, load_mnist
 from mnist_dissected.pretrained import load_or_train
 
@@ -31,14 +31,14 @@ def test_digits():
 
 def test_pixels_reads_grey_rgb_rgba_pil_and_tensors():
     grey = np.array([[0, 255], [51, 102]], np.uint8)
-    assert P.pixels(grey).shape == (2, 2, 1)
-    torch.testing.assert_close(P.pixels(grey)[..., 0], torch.from_numpy(grey / 255))
-    assert P.pixels(np.zeros((3, 4, 3), np.uint8)).shape == (3, 4, 3)
-    assert P.pixels(np.zeros((3, 4, 4), np.float32)).shape == (3, 4, 4)
-    assert P.pixels(torch.ones(5, 6)).shape == (5, 6, 1)
-    assert P.pixels(np.ones((2, 2), bool)).max() == 1
+    assert preprocess.pixels(grey).shape == (2, 2, 1)
+    torch.testing.assert_close(preprocess.pixels(grey)[..., 0], torch.from_numpy(grey / 255))
+    assert preprocess.pixels(np.zeros((3, 4, 3), np.uint8)).shape == (3, 4, 3)
+    assert preprocess.pixels(np.zeros((3, 4, 4), np.float32)).shape == (3, 4, 4)
+    assert preprocess.pixels(torch.ones(5, 6)).shape == (5, 6, 1)
+    assert preprocess.pixels(np.ones((2, 2), bool)).max() == 1
     for mode, channels in (("L", 1), ("RGB", 3), ("RGBA", 4), ("LA", 4), ("P", 3), ("1", 3)):
-        assert P.pixels(Image.new(mode, (7, 5))).shape == (5, 7, channels), mode
+        assert preprocess.pixels(Image.new(mode, (7, 5))).shape == (5, 7, channels), mode
 
 
 @pytest.mark.parametrize(
@@ -66,9 +66,9 @@ def test_pixels_reads_grey_rgb_rgba_pil_and_tensors():
     ],
 )
 def test_bad_input_is_a_clear_value_error(image, match):
-    with pytest.raises(P.DrawingError, match=match):
-        P.to_mnist(image)
-    assert issubclass(P.DrawingError, ValueError)
+    with pytest.raises(preprocess.DrawingError, match=match):
+        preprocess.to_mnist(image)
+    assert issubclass(preprocess.DrawingError, ValueError)
 
 
 @pytest.mark.parametrize(
@@ -83,8 +83,8 @@ def test_bad_input_is_a_clear_value_error(image, match):
     ],
 )
 def test_a_blank_drawing_is_refused(image):
-    with pytest.raises(P.DrawingError, match="blank"):
-        P.to_mnist(image)
+    with pytest.raises(preprocess.DrawingError, match="blank"):
+        preprocess.to_mnist(image)
 
 
 def test_a_palette_png_keeps_its_transparent_paper(tmp_path):
@@ -96,9 +96,9 @@ def test_a_palette_png_keeps_its_transparent_paper(tmp_path):
     palette.save(tmp_path / "digit.png", transparency=0)
     reopened = Image.open(tmp_path / "digit.png")
     assert reopened.mode == "P" and "transparency" in reopened.info
-    assert P.pixels(reopened).shape[-1] == 4
-    expected = P.to_mnist(canvas_digit(ink=0, paper=255))  # the same digit, black on white
-    torch.testing.assert_close(P.to_mnist(reopened), expected)
+    assert preprocess.pixels(reopened).shape[-1] == 4
+    expected = preprocess.to_mnist(canvas_digit(ink=0, paper=255))  # the same digit, black on white
+    torch.testing.assert_close(preprocess.to_mnist(reopened), expected)
 
 
 def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
@@ -106,15 +106,15 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
     Image.fromarray(digit).save(tmp_path / "digit16.png")
     reopened = Image.open(tmp_path / "digit16.png")
     assert reopened.mode.startswith("I")
-    x = P.pixels(reopened)
+    x = preprocess.pixels(reopened)
     assert x.shape == (200, 200, 1)
     assert x.max() == 1 and x.min().item() == pytest.approx(20000 / 65535)
-    torch.testing.assert_close(P.to_mnist(reopened), P.to_mnist(digit / 65535))
+    torch.testing.assert_close(preprocess.to_mnist(reopened), preprocess.to_mnist(digit / 65535))
     mode_i = Image.fromarray(digit.astype(np.int32))  # mode "I": older Pillow's 16-bit PNG
     assert mode_i.mode == "I"
-    torch.testing.assert_close(P.pixels(mode_i), x)
-    with pytest.raises(P.DrawingError, match=r"0\.\.65535"):
-        P.pixels(Image.fromarray(np.full((4, 4), 70000, np.int32)))
+    torch.testing.assert_close(preprocess.pixels(mode_i), x)
+    with pytest.raises(preprocess.DrawingError, match=r"0\.\.65535"):
+        preprocess.pixels(Image.fromarray(np.full((4, 4), 70000, np.int32)))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -123,20 +123,20 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
 def test_to_grey_lays_a_transparent_canvas_on_paper_that_contrasts_with_the_ink():
     rgba = np.zeros((10, 10, 4), np.uint8)
     rgba[4:6, 4:6] = (0, 0, 0, 255)  # black strokes on a transparent canvas
-    grey = P.to_grey(rgba)
+    grey = preprocess.to_grey(rgba)
     assert grey[0, 0] == 1 and grey[5, 5] == 0
     rgba[4:6, 4:6] = (255, 255, 255, 255)  # white chalk on a transparent canvas
-    grey = P.to_grey(rgba)
+    grey = preprocess.to_grey(rgba)
     assert grey[0, 0] == 0 and grey[5, 5].item() == pytest.approx(1)
     rgba[4:6, 4:6] = (0, 0, 0, 128)  # half-transparent (anti-aliased) black
-    assert P.to_grey(rgba)[5, 5] == pytest.approx(1 - 128 / 255)
+    assert preprocess.to_grey(rgba)[5, 5] == pytest.approx(1 - 128 / 255)
 
 
 def test_to_grey_mixes_colour_like_pil():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     pil = np.asarray(Image.fromarray(rgb).convert("L")) / 255
-    torch.testing.assert_close(P.to_grey(rgb), torch.from_numpy(pil), atol=1 / 255, rtol=0)
+    torch.testing.assert_close(preprocess.to_grey(rgb), torch.from_numpy(pil), atol=1 / 255, rtol=0)
 
 
 def test_to_ink_finds_polarity_from_the_paper_and_stretches_the_contrast():
@@ -145,12 +145,12 @@ def test_to_ink_finds_polarity_from_the_paper_and_stretches_the_contrast():
     photo = canvas_digit(ink=60, paper=190)  # grey paper, grey pencil
     expected = torch.from_numpy(light_on_dark / 255.0)
     for image in (light_on_dark, dark_on_light, photo, np.stack([photo] * 3, axis=-1)):
-        torch.testing.assert_close(P.to_ink(image), expected)
+        torch.testing.assert_close(preprocess.to_ink(image), expected)
 
 
 def test_to_ink_polarity_holds_when_ink_covers_most_of_the_picture():
     bold = canvas_digit(size=60, top=2, left=2, height=56, width=56, ink=0, paper=255)
-    ink = P.to_ink(bold)
+    ink = preprocess.to_ink(bold)
     assert ink[30, 30] == 1 and ink[0, 0] == 0 and ink.mean() > 0.8
 
 
@@ -159,27 +159,27 @@ def test_crop_is_the_inks_bounding_box_and_ignores_faint_noise():
     ink[10:30, 20:25] = 1.0
     ink[0, 0] = ink[49, 59] = 0.05  # dust below the threshold
     ink[12, 21] = 0.5
-    box = P.crop(ink)
+    box = preprocess.crop(ink)
     assert box.shape == (20, 5)
     assert box[2, 1] == 0.5
-    assert P.crop(ink, threshold=0.01).shape == (50, 60)
-    with pytest.raises(P.DrawingError, match="blank"):
-        P.crop(torch.full((5, 5), 0.05))
+    assert preprocess.crop(ink, threshold=0.01).shape == (50, 60)
+    with pytest.raises(preprocess.DrawingError, match="blank"):
+        preprocess.crop(torch.full((5, 5), 0.05))
     ink[15, 22] = 0.08  # a faint speck inside the box is zeroed: MNIST's background is 0
-    assert P.crop(ink)[5, 2] == 0
+    assert preprocess.crop(ink)[5, 2] == 0
 
 
 def test_scale_keeps_the_aspect_ratio_and_the_longer_side_is_20():
-    assert P.scale(torch.ones(200, 50)).shape == (20, 5)
-    assert P.scale(torch.ones(30, 90)).shape == (7, 20)
-    assert P.scale(torch.ones(5, 2)).shape == (20, 8)  # small drawings grow
-    assert P.scale(torch.ones(400, 3)).shape == (20, 1)  # a very thin "1" stays 1 wide
+    assert preprocess.scale(torch.ones(200, 50)).shape == (20, 5)
+    assert preprocess.scale(torch.ones(30, 90)).shape == (7, 20)
+    assert preprocess.scale(torch.ones(5, 2)).shape == (20, 8)  # small drawings grow
+    assert preprocess.scale(torch.ones(400, 3)).shape == (20, 1)  # a very thin "1" stays 1 wide
 
 
 def test_scale_is_anti_aliased():
     """A fine checkerboard averages to grey; sampling a few pixels would give 0s and 1s."""
     checker = (np.indices((200, 200)).sum(axis=0) % 2).astype(np.float64)
-    scaled = P.scale(checker)
+    scaled = preprocess.scale(checker)
     assert scaled.shape == (20, 20)
     torch.testing.assert_close(
         scaled, torch.full((20, 20), 0.5, dtype=torch.float64), atol=0.02, rtol=0
@@ -189,35 +189,35 @@ def test_scale_is_anti_aliased():
 def test_centre_of_mass_of_tensors_and_arrays():
     image = np.zeros((10, 12))
     image[3, 5] = 1.0
-    assert P.centre_of_mass(image) == (3.0, 5.0)
+    assert preprocess.centre_of_mass(image) == (3.0, 5.0)
     image[7, 9] = 1.0
-    assert P.centre_of_mass(torch.from_numpy(image)) == (5.0, 7.0)
-    assert P.centre_of_mass(torch.ones(28, 28)) == (13.5, 13.5)
-    assert P.centre_of_mass(np.eye(4, dtype=np.uint8)) == (1.5, 1.5)
-    with pytest.raises(P.DrawingError, match="blank"):
-        P.centre_of_mass(np.zeros((5, 5)))
-    with pytest.raises(P.DrawingError, match="2-D"):
-        P.centre_of_mass(np.ones((1, 5, 5)))
-    with pytest.raises(P.DrawingError, match="negative"):
-        P.centre_of_mass(-np.ones((5, 5)))
-    with pytest.raises(P.DrawingError, match="NaN"):
-        P.centre_of_mass(np.full((5, 5), np.nan))
+    assert preprocess.centre_of_mass(torch.from_numpy(image)) == (5.0, 7.0)
+    assert preprocess.centre_of_mass(torch.ones(28, 28)) == (13.5, 13.5)
+    assert preprocess.centre_of_mass(np.eye(4, dtype=np.uint8)) == (1.5, 1.5)
+    with pytest.raises(preprocess.DrawingError, match="blank"):
+        preprocess.centre_of_mass(np.zeros((5, 5)))
+    with pytest.raises(preprocess.DrawingError, match="2-D"):
+        preprocess.centre_of_mass(np.ones((1, 5, 5)))
+    with pytest.raises(preprocess.DrawingError, match="negative"):
+        preprocess.centre_of_mass(-np.ones((5, 5)))
+    with pytest.raises(preprocess.DrawingError, match="NaN"):
+        preprocess.centre_of_mass(np.full((5, 5), np.nan))
 
 
 def test_mnist_digits_already_have_their_centre_of_mass_at_the_centre(test_digits):
     images, _ = test_digits
-    centres = np.array([P.centre_of_mass(image) for image in images[:100]])
-    assert np.abs(centres - np.array(P.CENTRE)).max() <= 0.51
+    centres = np.array([preprocess.centre_of_mass(image) for image in images[:100]])
+    assert np.abs(centres - np.array(preprocess.CENTRE)).max() <= 0.51
 
 
 def test_paste_centred_puts_the_centre_of_mass_at_the_fields_centre():
     ink = torch.zeros(20, 8, dtype=torch.float64)
     ink[:5] = 1.0  # a "7"-like heavy top
     ink[:, 6:] = 1.0
-    field = P.paste_centred(ink)
+    field = preprocess.paste_centred(ink)
     assert field.shape == (28, 28)
     assert field.sum() == ink.sum()  # nothing cut off, nothing resampled
-    row, col = P.centre_of_mass(field)
+    row, col = preprocess.centre_of_mass(field)
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
 
 
@@ -225,31 +225,31 @@ def test_paste_centred_keeps_a_lopsided_digit_inside_the_field():
     ink = torch.zeros(20, 20, dtype=torch.float64)
     ink[0, 0] = 1.0
     ink[19, 19] = 0.001
-    field = P.paste_centred(ink)
+    field = preprocess.paste_centred(ink)
     assert field.sum() == ink.sum()
-    with pytest.raises(P.DrawingError, match="does not fit"):
-        P.paste_centred(torch.ones(29, 3))
+    with pytest.raises(preprocess.DrawingError, match="does not fit"):
+        preprocess.paste_centred(torch.ones(29, 3))
 
 
 def test_normalize_is_the_training_sets_normalize():
-    batch = P.normalize(torch.zeros(28, 28))
+    batch = preprocess.normalize(torch.zeros(28, 28))
     assert batch.shape == (1, 1, 28, 28) and batch.dtype == torch.float32
     assert batch[0, 0, 0, 0].item() == pytest.approx(NORMALIZED_BLACK)
-    assert P.normalize(torch.ones(28, 28))[0, 0, 0, 0].item() == pytest.approx(
+    assert preprocess.normalize(torch.ones(28, 28))[0, 0, 0, 0].item() == pytest.approx(
         (1 - MNIST_MEAN) / MNIST_STD
     )
 
 
 def test_steps_are_in_order_and_end_in_to_mnist():
     image = canvas_digit(ink=0, paper=255)
-    out = P.steps(image)
+    out = preprocess.steps(image)
     assert list(out) == ["grey", "ink", "cropped", "scaled", "centred", "normalized"]
     assert out["grey"].shape == out["ink"].shape == (200, 200)
     assert out["cropped"].shape == (120, 30)
     assert out["scaled"].shape == (20, 5)
     assert out["centred"].shape == out["normalized"].shape == (28, 28)
     assert all(t.dim() == 2 for t in out.values())
-    torch.testing.assert_close(P.to_mnist(image)[0, 0], out["normalized"])
+    torch.testing.assert_close(preprocess.to_mnist(image)[0, 0], out["normalized"])
 
 
 def test_an_mnist_digit_comes_back_as_itself(test_digits):
@@ -257,7 +257,7 @@ def test_an_mnist_digit_comes_back_as_itself(test_digits):
     ink threshold, zeroed) and a one-pixel shift where the centre of mass sits half-way between
     two pixels."""
     images, _ = test_digits
-    fields = torch.stack([P.steps(image)["centred"] for image in images[:200]])
+    fields = torch.stack([preprocess.steps(image)["centred"] for image in images[:200]])
     error = (fields - torch.from_numpy(images[:200]) / 255).abs().amax(dim=(1, 2))
     assert (error <= 0.1 + 1e-9).float().mean() >= 0.95
 
@@ -265,7 +265,7 @@ def test_an_mnist_digit_comes_back_as_itself(test_digits):
 def test_position_size_and_polarity_do_not_matter():
     small = canvas_digit(size=100, top=10, left=10, height=60, width=15)
     large = canvas_digit(size=400, top=200, left=250, height=180, width=45, ink=0, paper=255)
-    torch.testing.assert_close(P.to_mnist(small), P.to_mnist(large))
+    torch.testing.assert_close(preprocess.to_mnist(small), preprocess.to_mnist(large))
 
 
 # --------------------------------------------------------------------------- the round trip
@@ -294,8 +294,8 @@ def test_round_trip_accuracy_is_nearly_the_originals(test_digits):
     original = (torch.from_numpy(images).float()[:, None] / 255 - MNIST_MEAN) / MNIST_STD
     paper, canvas = [], []
     for dark_on_light, rgba in as_drawings(images):
-        paper.append(P.to_mnist(dark_on_light))
-        canvas.append(P.to_mnist(rgba))
+        paper.append(preprocess.to_mnist(dark_on_light))
+        canvas.append(preprocess.to_mnist(rgba))
     with torch.no_grad():
         accuracy = {
             name: (model(batch).argmax(dim=1) == targets).float().mean().item()
