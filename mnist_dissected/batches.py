@@ -1,4 +1,5 @@
-"""One protocol for every source of batches the series trains and scores on.
+"""One protocol for every source of batches the series trains and scores on (Part 1's two
+data paths, Part 4's loop, Part 6's shards).
 
 Why this module exists: the training loop (Part 4), the compiler's warm-up (``fastpath``) and
 the distributed evaluation (Part 6) need to ask a source of batches three things: how many

@@ -1,4 +1,5 @@
-"""Benchmark (not a test): how fast ``Net`` trains on this machine, each way the series knows.
+"""Benchmark (not a test): how fast ``Net`` trains on this machine, each way the series knows
+(Part 4, §4.14 reads its figures; ``python -m mnist_dissected bench`` runs it).
 
 Why this module exists: the series claims that holding the data set as one tensor is faster
 than the per-image ``Dataset``/``DataLoader`` path, and that the fast recipe is fast. Timing
@@ -170,6 +171,7 @@ def profile_step(
     (``FlopCounterMode``: forward, backward), ``gflops`` (the rate the step reaches) and
     ``matmul_gflops`` (:func:`matmul_gflops`, the same device's rate on one large product).
     """
+    # Long on purpose: timing and profiling must share one set-up so their steps are alike.
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m mnist_dissected train`` (the example's flags) and ``bench``.
+"""Command line: ``python -m mnist_dissected train`` (the example's flags) and ``bench``: the
+line each part ends with (Part 4, §4.13; under ``torchrun``, Part 6).
 
 Why this module exists: the notebooks end with "the CLI line that reproduces this", so a reader
 can train without Jupyter, the way pytorch/examples' ``mnist/main.py`` does. The flags of the
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_train_flags(t: argparse.ArgumentParser) -> None:
     """``train``'s flags: the example's (both versions), then the series' own. One flag per
     line on purpose: this is the command line's reference, read top to bottom."""
+    # Long on purpose: one flag per statement, the command line read top to bottom.
     number = {"metavar": "N", "type": positive_int}
     t.add_argument("--model", choices=sorted(MODELS), default="net", help="architecture")
     t.add_argument(

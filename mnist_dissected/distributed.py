@@ -170,6 +170,7 @@ def train_ddp(
     model and a history with the fields of one process's, on every rank; save it with
     :func:`save_on_main`.
     """
+    # Long on purpose: the whole data-parallel story on one screen, as Part 6 §6.7 shows it.
     from .train import Trained, build_model, fit, make_batches, score_test
 
     world = current_world()

@@ -1,4 +1,4 @@
-"""Every error of the package, under one base class.
+"""Every error of the package, under one base class (all parts; the CLI catches it).
 
 Why this module exists: the CLI, a notebook or a script that uses the package can catch
 :class:`MnistDissectedError` and know the message is meant for a person (one line, what to do),

@@ -1,4 +1,5 @@
-"""Atomic file writes, for the decompressed data, the stamps and the checkpoints.
+"""Atomic file writes, for the decompressed data, the stamps and the checkpoints (Part 1's
+data files, Part 4's checkpoints, §4.8).
 
 Why this module exists: a crash, a full disk or a second process (nbval may run two notebooks
 at once) must never leave half a file under its real name. Writing to a temporary file in the

@@ -1,4 +1,5 @@
-"""The MNIST files themselves: where they live, checking them, decompressing them once.
+"""The MNIST files themselves: where they live, checking them, decompressing them once
+(Part 1, and every part that loads data).
 
 Why this module exists: the repository ships MNIST in ``data/`` so nothing breaks offline or
 when a download mirror is down. Before torchvision looks for the data, :func:`prepare_raw`

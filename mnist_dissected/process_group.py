@@ -168,6 +168,7 @@ def init_distributed(
       (Under ``torchrun`` with several machines, ``torchrun``'s own rendezvous waits first:
       its limit is ``--rdzv-conf join_timeout=SECONDS``.)
     """
+    # Long on purpose: each failure of forming a world gets its own one-line explanation here.
     if dist.is_initialized():
         raise WorldError(
             "a process group is already formed in this process; use it "

@@ -1,4 +1,4 @@
-"""``show_source``: the notebooks show the package's code instead of copying it.
+"""``show_source``: the notebooks (every part) show the package's code instead of copying it.
 
 Why this module exists: a notebook that pastes a function drifts from the function; one that
 shows it with this helper always shows the code that runs. In Jupyter the source appears

@@ -146,6 +146,7 @@ def fit(
     epoch),
     ``reduce_losses`` turns this process's step losses into the run's (the mean over ranks),
     and ``say`` prints the summary line (on rank 0 only)."""
+    # Long on purpose: the whole epoch loop on one screen, as Part 4 §4.4 shows it.
     evaluator = evaluator or evaluate
     history = []
     for epoch in range(1, epochs + 1):

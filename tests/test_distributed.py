@@ -27,6 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 from mnist_dissected import distributed, launch, models, process_group, sharding
 from mnist_dissected.data import TensorBatches
 from mnist_dissected.models import Net
+from mnist_dissected.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_TIMEOUT_S = 150  # a loaded 2-core machine needs ~20 s; a hang must not block forever
@@ -224,6 +225,7 @@ def _worker(out: Path) -> None:
                 "accuracy": run.test["accuracy"],
                 "steps": len(run.history[0]["step_losses"]),
                 "plain": type(run.model).__name__,
+                "fields": sorted(run.history[0]),
             }
         except Exception as e:  # reported, and the test of it fails with the message
             report["train_ddp"] = {"error": f"{type(e).__name__}: {e}"}
@@ -377,6 +379,16 @@ def test_train_ddp_dry_run_on_mnist(ranks):
         assert "error" not in result, result.get("error")
         assert result["n"] == 1000 and result["steps"] == 1 and result["plain"] == "Net"
     assert ranks[0]["train_ddp"] == ranks[1]["train_ddp"]
+    # The same fit, so the same history as one process's (train_seconds included).
+    from mnist_dissected.recipes import make_optimizer
+    from mnist_dissected.train import fit
+
+    torch.manual_seed(0)
+    tiny = TensorBatches(torch.randn(8, 1, 28, 28), torch.arange(8) % 10, batch_size=4)
+    model = Net()
+    optimizer, _ = make_optimizer(model, get_recipe("classic"), steps_per_epoch=2)
+    one_process = fit(model, tiny, tiny, optimizer, progress=False, verbose=False)
+    assert ranks[0]["train_ddp"]["fields"] == sorted(one_process[0])
 
 
 @pytest.mark.slow

@@ -62,10 +62,13 @@ def test_the_key_covers_every_training_field_and_the_seed_and_no_run_option():
 
 
 def fake_training(monkeypatch, calls):
+    """``train_model`` replaced by one that records its seed and returns an untrained ``Net``
+    on the CPU, whatever device it was asked for: moving the model is load_or_train's job."""
+
     def train_model(name, recipe, *, seed, device=None, **kwargs):
         calls.append(seed)
         torch.manual_seed(seed)
-        model = Net(dropout=0.0).to(device)
+        model = Net(dropout=0.0)
         return Trained(
             model,
             [{"epoch": 1, "val_accuracy": 0.99}],
@@ -101,15 +104,15 @@ def test_an_edited_recipe_is_retrained_not_reused(tmp_path, monkeypatch):
 
 def test_same_device_whether_trained_or_loaded(tmp_path, monkeypatch):
     calls = []
-    fake_training(monkeypatch, calls)
+    fake_training(monkeypatch, calls)  # its model stays on the CPU
+    # a device other than the CPU shows who moved the model: here `meta`, faked as picked
+    monkeypatch.setattr(P, "pick_device", lambda device=None: torch.device("meta"))
     path = tmp_path / "net.pt"
     trained, _ = P.load_or_train(path, device=None)
-    assert next(trained.parameters()).device.type == P.pick_device(None).type
-    # the cached model must follow pick_device too: a device other than the CPU shows it
-    monkeypatch.setattr(P, "pick_device", lambda device=None: torch.device("meta"))
+    assert next(trained.parameters()).device.type == "meta", "trained: moved to the device"
     cached, _ = P.load_or_train(path, device=None)
     assert calls == [1], "the second call reads the cache"
-    assert next(cached.parameters()).device.type == "meta"
+    assert next(cached.parameters()).device.type == "meta", "cached: moved to the device"
     assert not trained.training and not cached.training
 
 
