@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from mnist_dissected import bench
 from mnist_dissected.bench import (
     STEP_PARTS,
     processor_name,
@@ -24,25 +26,104 @@ from mnist_dissected.data import TensorBatches
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_time_epoch_trains_one_epoch_and_returns_seconds():
+class FakeClock:
+    """Stands in for the ``time`` module in bench: ``perf_counter()`` reads ``now``, which moves
+    only when a test moves it, so a timing is an exact, known number."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class TickingBatches:
+    """Batches that move the fake clock by ``tick`` seconds as each one is handed out."""
+
+    def __init__(self, batches, clock: FakeClock, tick: float) -> None:
+        self.batches, self.clock, self.tick = batches, clock, tick
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.clock.now += self.tick
+            yield batch
+
+
+@pytest.fixture
+def optimizer_steps():
+    """(optimizer, the time on bench's clock) for every optimizer step taken."""
+    steps = []
+
+    def record(optimizer, args, kwargs):
+        steps.append((optimizer, bench.time.perf_counter()))
+
+    handle = register_optimizer_step_pre_hook(record)
+    yield steps
+    handle.remove()
+
+
+def test_time_epoch_times_one_whole_epoch_of_classic_training(monkeypatch, optimizer_steps):
+    """4 batches, a quarter of a second each on the fake clock: one epoch is 1 s, and the
+    classic recipe's SGD steps once per batch inside the timed span."""
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
     torch.manual_seed(0)
-    batches = TensorBatches(
-        torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,)), batch_size=64
-    )
+    images, targets = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    batches = TickingBatches(TensorBatches(images, targets, batch_size=64), clock, 0.25)
     seconds = time_epoch(batches, torch.device("cpu"), channels_last=True)
-    assert isinstance(seconds, float) and seconds > 0
+    assert seconds == 1.0
+    assert [t for _, t in optimizer_steps] == [100.25, 100.5, 100.75, 101.0]
+    (sgd,) = {opt for opt, _ in optimizer_steps}
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"]) == (0.01, 0.5)
 
 
-def test_profile_step_counts_the_steps_arithmetic_and_shares_out_all_its_time():
-    step = profile_step(torch.device("cpu"), batch_size=8, steps=2)
+def profiled_on_a_fake_clock(monkeypatch, steps: int, ms_per_step: float) -> tuple[dict, list]:
+    """profile_step on bench's fake clock, where each training step takes ``ms_per_step``;
+    also returns how many steps each of its training passes took."""
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(bench, "matmul_gflops", lambda device: 123.0)
+    passes = []
+    real_train_epoch = bench.train_epoch
+
+    def ticking_train_epoch(model, batches, optimizer, **kwargs):
+        passes.append(len(batches))
+        clock.now += ms_per_step / 1000 * len(batches)
+        return real_train_epoch(model, batches, optimizer, **kwargs)
+
+    monkeypatch.setattr(bench, "train_epoch", ticking_train_epoch)
+    return profile_step(torch.device("cpu"), batch_size=8, steps=steps), passes
+
+
+def test_profile_step_times_its_steps_and_derives_the_rates(monkeypatch):
+    step, passes = profiled_on_a_fake_clock(monkeypatch, steps=2, ms_per_step=4.0)
+    assert passes == [3, 2, 2]  # warm-up, timed, profiled
+    assert step["step_ms"] == pytest.approx(4.0)  # the timed pass alone, per step
     # Per image: forward 480,500 multiply-adds; backward 817,000 (conv1 needs no input gradient).
     assert step["flops_per_step"] == 2 * 8 * (480_500 + 817_000)
+    assert step["gflops"] == pytest.approx(step["flops_per_step"] / 0.004 / 1e9)
+    assert step["matmul_gflops"] == 123.0
+    assert step["batch_size"] == 8
+    longer, _ = profiled_on_a_fake_clock(monkeypatch, steps=4, ms_per_step=4.0)
+    assert longer["step_ms"] == pytest.approx(4.0), "per step, whatever the number of steps"
+    # per step too (a handful of operators run once per pass, not once per step)
+    assert longer["operators_per_step"] == pytest.approx(step["operators_per_step"], abs=2)
+    assert longer["flops_per_step"] == step["flops_per_step"]
+
+
+def test_profile_step_shares_out_all_its_time():
+    step = profile_step(torch.device("cpu"), batch_size=8, steps=2)
     assert set(step["share"]) == {part for part, _ in STEP_PARTS} | {"everything else"}
     assert sum(step["share"].values()) == pytest.approx(1.0)
     assert step["share"]["convolution backward"] > 0 and step["share"]["convolution forward"] > 0
     assert 50 < step["operators_per_step"] < 1000
-    assert step["step_ms"] > 0 and step["gflops"] > 0 and step["matmul_gflops"] > 0
-    assert len(step["top"]) == 8 and all(ms >= 0 for _, ms in step["top"])
+    top = [ms for _, ms in step["top"]]
+    assert len(top) == 8 and top == sorted(top, reverse=True) and top[-1] >= 0
+    assert len({name for name, _ in step["top"]}) == 8
 
 
 def test_the_processor_is_named_in_words_a_reader_can_look_up():

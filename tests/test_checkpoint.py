@@ -8,7 +8,7 @@ import torch
 
 from mnist_dissected import checkpoint
 from mnist_dissected.models import LeNet, Net
-from mnist_dissected.train import RECIPES
+from mnist_dissected.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +42,18 @@ def test_round_trip_with_metadata(saved):
     assert meta["architecture"] == "net" and meta["recipe"]["name"] == "fast"
     assert meta["epochs"] == 1 and meta["seed"] == 7 and meta["history"][0]["seconds"] == 1.5
     assert meta["torch_version"] == str(torch.__version__)
-    rebuilt, _ = checkpoint.load_checkpoint(path)  # architecture from the file
-    assert isinstance(rebuilt, Net) and rebuilt.dropout == net.dropout
+    rebuilt, _ = checkpoint.load_checkpoint(path)  # architecture and weights from the file
+    assert type(rebuilt) is Net and not rebuilt.training
+    for p, q in zip(net.parameters(), rebuilt.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_the_architectures_arguments_are_saved_and_rebuilt(tmp_path):
+    """Not the defaults: a Net without dropout comes back without dropout."""
+    path = checkpoint.save_checkpoint(tmp_path / "no_dropout.pt", Net(dropout=0.0))
+    rebuilt, meta = checkpoint.load_checkpoint(path)
+    assert meta["model_kwargs"] == {"dropout": 0.0}
+    assert rebuilt.dropout == 0.0 and rebuilt.conv2_drop.p == 0.0
 
 
 def test_write_is_atomic_and_leaves_no_temporary_file(saved, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mnist_dissected import fastpath, train
+from mnist_dissected import fastpath, recipes, train
 from mnist_dissected.data import TensorBatches, load_mnist
 from mnist_dissected.models import Net
 
@@ -85,8 +85,9 @@ def test_table_driven_adam_steps_like_adam_with_onecycle():
             )
         if step < total:  # the next step's rate and beta1: the scheduler's, in float32
             group = opt.param_groups[0]
-            assert table.lr.item() == torch.tensor(group["lr"]).item(), step
-            assert table.beta1.item() == torch.tensor(group["betas"][0]).item(), step
+            assert table.lr.item() == torch.tensor(group["lr"]).item(), f"lr after step {step}"
+            beta1 = torch.tensor(group["betas"][0]).item()
+            assert table.beta1.item() == beta1, f"beta1 after step {step}"
     assert table.lr.item() == table.lrs[-1].item(), "past the end: the last rate"
 
 
@@ -102,7 +103,7 @@ def test_cuda_graph_falls_back_to_eager_with_a_message_off_cuda(capsys, monkeypa
         runs.append(
             train.train_model(
                 "net",
-                train.get_recipe("fast", epochs=1, cuda_graph=graph),
+                recipes.get_recipe("fast", epochs=1, cuda_graph=graph),
                 device="cpu",
                 progress=False,
                 verbose=False,
@@ -158,7 +159,7 @@ def test_the_fast_path_needs_nothing_mps_lacks(batches):
     """Apple's MPS has no float64. Run a fast-recipe step and an evaluation with every
     operation recorded (the device itself cannot be faked here): no float64 tensor appears."""
     net = Net(dropout=0.0).to(memory_format=torch.channels_last)
-    opt, sched = train.make_optimizer(net, train.RECIPES["fast"], steps_per_epoch=len(batches))
+    opt, sched = recipes.make_optimizer(net, recipes.RECIPES["fast"], steps_per_epoch=len(batches))
     with DtypeRecorder() as seen:
         train.train_epoch(net, batches, opt, scheduler=sched, progress=False, max_batches=2)
         train.evaluate(net, batches, max_batches=2)
@@ -170,7 +171,8 @@ def test_the_fast_path_needs_nothing_mps_lacks(batches):
 def test_cuda_graph_off_cuda_trains_on_the_eager_recipes_batches():
     """Falling back to eager means the eager recipe's numbers: no batch dropped for a capture
     that does not happen."""
-    eager = train.make_batches(train.get_recipe("fast"), device="cpu")
-    asked = train.make_batches(train.get_recipe("fast", cuda_graph=True), device="cpu")
+    reason = train.cuda_graph_reason(recipes.get_recipe("fast"), torch.device("cpu"))
+    assert reason == "CUDA graphs need an NVIDIA GPU (training on cpu)"
+    eager = train.make_batches(recipes.get_recipe("fast"), device="cpu")
+    asked = train.make_batches(recipes.get_recipe("fast", cuda_graph=True), device="cpu")
     assert len(asked.train) == len(eager.train) == 215  # 55,000 / 256, the last one short
-    assert train.cuda_graph_reason(train.get_recipe("fast"), torch.device("cpu")) is not None
