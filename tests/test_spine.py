@@ -261,3 +261,65 @@ def test_nobody_sniffs_class_names_or_batch_attributes():
         assert "__name__ ==" not in text.replace('if __name__ == "__main__"', ""), path.name
         assert "type(sampler).__name__" not in text and '"DistributedSampler"' not in text
         assert 'hasattr(batches, "images")' not in text and "_is_tensor_batches" not in text
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+def package_imports() -> dict[str, set[str]]:
+    """Each module of the package -> the package modules it imports, at the top or inside a
+    function (a lazy import is still a dependency)."""
+    graph = {}
+    for path in PACKAGE.glob("*.py"):
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    edges.add(node.module.split(".")[0])
+                else:
+                    edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "mnist_dissected."
+            ):
+                edges.add(node.module.split(".")[1])
+        graph[path.stem] = edges - {path.stem}
+    return graph
+
+
+def test_the_package_imports_form_no_cycle():
+    graph, done, path = package_imports(), set(), []
+
+    def visit(module: str) -> None:
+        assert module not in path, " -> ".join([*path, module])
+        if module in done:
+            return
+        path.append(module)
+        for imported in graph.get(module, ()):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+
+
+def test_the_rules_live_low_in_the_package():
+    graph = package_imports()
+    assert graph["errors"] == set() and graph["argtypes"] == set() and graph["batches"] == set()
+    assert graph["devices"] == {"errors"} and graph["recipes"] == {"errors"}
+    assert "cli" not in graph["dist_demo"], "dist_demo borrows nothing from the CLI"
+    assert not graph["process_group"] & {"sharding", "distributed", "launch", "train"}
+    for module, imported in graph.items():
+        if module not in ("cli", "__main__"):
+            assert "cli" not in imported, f"{module} imports the CLI"
+
+
+def test_no_module_is_over_about_400_lines_and_each_says_its_job_and_part():
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 440, path.name
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if path.stem not in ("__init__", "__main__"):
+            assert "Part" in docstring or "every part" in docstring or "all parts" in docstring, (
+                path.name
+            )
