@@ -36,6 +36,7 @@ test-fast: lint
 execute: $(STAMP)
 	cd notebooks && ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=1200 *.ipynb
+	$(BIN)/python tools/notebook_form.py notebooks/*.ipynb  # as JupyterLab saves them
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,7 +3,7 @@
 Why this module exists: a notebook kernel is one process and a process group needs several,
 so Part 6 runs its demonstrations and a DDP training in real ``torchrun`` processes and shows
 what rank 0 printed. Launching is easy; cleaning up is not: on a timeout, ``torchrun`` *and its
-workers* must end, or a worker stuck in a collective spins on. Dissected in Part 6, §6.0.
+workers* must end, or a worker stuck in a collective spins on. Dissected in Part 6, §6.1.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Why this module exists: the notebooks, the CLI, the benchmark, ``load_or_train``
 built, so a contradiction (momentum for Adam, a StepLR ``gamma`` beside one-cycle) is an error
 wherever it comes from, never silently ignored; the CLI shows the same messages as usage errors.
 :func:`make_optimizer` turns a recipe into PyTorch's optimizer and scheduler with no default of
-its own. Dissected in Part 4, §4.6 (the optimizer) and §4.9 (the fast recipe).
+its own. Dissected in Part 4, §4.5 (the example's recipe) and §4.6 (the fast recipe and its
+optimizer); §4.9 measures the fast recipe over five seeds.
 
 - ``classic``: the example's recipe (SGD, lr 0.01, momentum 0.5, batch 64, dropout on), fed
   through the torchvision ``DataLoader``.

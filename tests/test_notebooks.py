@@ -7,6 +7,7 @@ exercises whose solutions are executed, and committed outputs from one top-to-bo
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,18 @@ def test_committed_executed_top_to_bottom(notebook):
         c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code" and source(c).strip()
     ]
     assert counts == list(range(1, len(counts) + 1)), "run the notebook top to bottom, then commit"
+
+
+def test_committed_in_the_form_jupyterlab_saves(notebook):
+    """Ctrl+S on an unchanged notebook must change nothing on disk (`make execute` writes it so)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from notebook_form import lab_form
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    path, _ = notebook
+    text = path.read_text(encoding="utf-8")
+    assert lab_form(text) == text, f"run: python tools/notebook_form.py notebooks/{path.name}"
 
 
 def test_readme_badges_agree():
