@@ -4,17 +4,20 @@ Why this module exists:
 - A checkpoint is the ``state_dict`` plus what you need to trust it later: architecture,
   recipe, epochs, history, torch version. It is written atomically (temporary file, then
   rename), so a crash or a second process never leaves half a file under the real name.
-- Loading first checks the checksums the file's zip archive holds (``torch.load`` does not: a
-  damaged byte in the weights would load as a wrong number, silently), then uses
-  ``torch.load(..., weights_only=True)``: a checkpoint is a pickle, and a plain
-  pickle can run any code when loaded. ``weights_only`` only rebuilds tensors and plain data,
-  so a malicious file is refused instead of executed.
+- Loading first checks that the file is a checkpoint at all (an HTML error page or an image
+  saved as ``.pt`` is named for what it is), that it does not unpack to more than a checkpoint
+  of these models can (:data:`MAX_UNPACKED_BYTES`) and the checksums its zip archive holds
+  (``torch.load`` does not: a damaged byte in the weights would load as a wrong number,
+  silently), then uses ``torch.load(..., weights_only=True)``: a checkpoint is a pickle, and a
+  plain pickle can run any code when loaded. ``weights_only`` only rebuilds tensors and plain
+  data, so a malicious file is refused instead of executed.
 - Saving and loading know nothing of training: the cache of trained models that Part 5 uses
   is :mod:`mnist_dissected.pretrained`.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import pickle
@@ -30,6 +33,19 @@ from .files import atomic_write
 from .models import MODELS, MNISTModel, unwrap
 
 FORMAT = "mnist-dissected/1"
+#: The most a checkpoint may unpack to. These models' checkpoints take 90 KB (Net) to 250 KB
+#: (LeNet): 64 MB is generous, and still bounds what a broken or hostile file makes
+#: ``torch.load`` read into memory (it reads the whole pickle, however long).
+MAX_UNPACKED_BYTES = 64 << 20
+#: What a file that is not a checkpoint begins with, and what it then is.
+_SIGNATURES = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive",
+    b"version https://git-lfs": "a Git LFS pointer (the file itself was never fetched)",
+}
 
 
 class CheckpointError(MnistDissectedError, ValueError):
@@ -82,11 +98,70 @@ def save_checkpoint(
 
 def _unpickler_reason(error: Exception) -> str:
     """What torch's long weights_only message says was refused, in a few words: the text after
-    "WeightsUnpickler error:", up to its first sentence (torch's advice is left out)."""
+    "WeightsUnpickler error:", up to the end of its first paragraph or sentence (torch's advice
+    is left out)."""
     text = str(error)
     _, found, rest = text.partition("WeightsUnpickler error:")
-    words = " ".join(rest.split()) if found else " ".join(text.split())
-    return words.split(". ")[0].strip()[:160] or "unknown content"
+    paragraph = (rest if found else text).strip().split("\n\n")[0]
+    return " ".join(paragraph.split()).split(". ")[0].strip()[:160] or "unknown content"
+
+
+def _is_text(head: bytes) -> bool:
+    """True if ``head`` reads as text (UTF-8, nothing but printable characters and spaces)."""
+    try:  # incremental: a character cut off at the end of ``head`` is no error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in text)
+
+
+def _looks_like(head: bytes) -> str | None:
+    """What a file that begins with ``head`` looks like when it cannot be a checkpoint; None
+    where it may be one: a zip archive (what ``torch.save`` writes) or a pickle (what it wrote
+    before torch 1.6, and what ``pickle.dump`` writes), which ``torch.load`` then judges.
+
+    Why: ``torch.load`` calls anything it cannot read an unsafe pickle, and a download that
+    failed often leaves a web page or an image under the checkpoint's name."""
+    if head.startswith(b"PK") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if not head:
+        return "an empty file (0 bytes: an interrupted copy or download)"
+    found = next((what for magic, what in _SIGNATURES.items() if head.startswith(magic)), None)
+    if found:
+        return found
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if start.startswith((b"<!doctype html", b"<html")) or b"<html" in start:
+        return "an HTML page (a web server's answer, e.g. an error page, saved as the file)"
+    if _is_text(head):
+        return "text"
+    return "random bytes (no file format this check knows)"
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError`, saying what the file looks like, if it cannot be a
+    checkpoint (:func:`_looks_like`): such a file is never called a pickle that could run code,
+    nor is loading it with ``weights_only=False`` suggested."""
+    with open(path, "rb") as f:
+        what = _looks_like(f.read(512))
+    if what is not None:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: it looks like {what}; nothing was loaded. "
+            "Get the file again from where it came from, or save a new one with "
+            "mnist_dissected.checkpoint.save_checkpoint"
+        )
+
+
+def _refuse_oversized(path: Path, unpacked: int) -> None:
+    """Raise :class:`CheckpointError` if a checkpoint would unpack to more than
+    :data:`MAX_UNPACKED_BYTES` (``unpacked``: the sizes its archive declares, or the file's
+    size where it is a plain pickle), before any of it is read."""
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise CheckpointError(
+            f"{path} would unpack to {unpacked / 2**20:,.0f} MB, more than the "
+            f"{MAX_UNPACKED_BYTES >> 20} MB a checkpoint of these models may take (theirs take "
+            "a few hundred KB); refused before reading it. It was not written by "
+            "save_checkpoint, or was changed since: delete it, or save it again"
+        )
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
@@ -97,17 +172,25 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
 
 
 def check_integrity(path: Path) -> None:
-    """Raise :class:`CheckpointError` if a part of the checkpoint's zip archive no longer has
-    the checksum (CRC-32) it was saved with. ``torch.load`` does not check them, so a damaged
-    file (a bad disk, an interrupted copy) would otherwise load wrong weights silently. A
-    file that is no zip archive is left to ``torch.load``, which says what it is."""
+    """Raise :class:`CheckpointError` if the checkpoint's zip archive declares parts that
+    unpack to more than :data:`MAX_UNPACKED_BYTES` (checked first, from the archive's
+    directory, before any part is read), or if a part no longer has the checksum (CRC-32) it
+    was saved with. ``torch.load`` does not check them, so a damaged file (a bad disk, an
+    interrupted copy) would otherwise load wrong weights silently. A file that is no zip
+    archive is checked for its size only and left to ``torch.load``, which says what it is."""
     if not zipfile.is_zipfile(path):
+        _refuse_oversized(path, path.stat().st_size)  # torch.load reads a plain pickle whole
         return
     try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every part and compares its CRC-32
+        archive = zipfile.ZipFile(path)
     except Exception as e:  # a damaged archive fails in many ways
         raise _unreadable(path, e) from e
+    with archive:
+        _refuse_oversized(path, sum(part.file_size for part in archive.infolist()))
+        try:
+            damaged = archive.testzip()  # reads every part and compares its CRC-32
+        except Exception as e:
+            raise _unreadable(path, e) from e
     if damaged is not None:
         raise CheckpointError(
             f"{path} is damaged: its part {damaged} does not match the checksum it was saved "
@@ -117,22 +200,24 @@ def check_integrity(path: Path) -> None:
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file with ``weights_only=True``, after checking that it is whole
-    (:func:`check_integrity`), and check it is one of ours."""
+    """Load a checkpoint file with ``weights_only=True``, after checking that it can be a
+    checkpoint at all, of a sane size, and whole (:func:`check_integrity`), and check it is
+    one of ours."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    _refuse_non_checkpoint(path)
     check_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {path}: besides tensors and plain data it holds Python objects, "
-            "and loading those could run any code the file's author chose. Where the file came "
-            "from matters: if you made it yourself or fully trust its source, load it once with "
-            "torch.load(path, weights_only=False) and save a clean copy with "
-            "mnist_dissected.checkpoint.save_checkpoint; otherwise delete it. "
-            f"(What was refused: {_unpickler_reason(e)})"
+            "and loading those could run any code the file's author chose. Load it with "
+            "torch.load(path, weights_only=False) only if you trust where the file came from "
+            "(you made it, or got it from someone you trust, over a channel you trust), then "
+            "save a clean copy with mnist_dissected.checkpoint.save_checkpoint; otherwise "
+            f"delete it. (What was refused: {_unpickler_reason(e)})"
         ) from e
     except Exception as e:  # zip, pickle and storage readers fail in many ways on bad bytes
         raise _unreadable(path, e) from e

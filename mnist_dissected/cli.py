@@ -167,20 +167,32 @@ def add_bench_flags(b: argparse.ArgumentParser) -> None:
 def check_save_path(text: str) -> tuple[Path, str | None]:
     """``--save-model``'s path checked before training (a temporary file is made there and
     deleted, so that what would fail at saving fails now); returns it and a note to print, or
-    raises :class:`~mnist_dissected.errors.UsageError` saying what is wrong with it."""
-    from .files import check_writable
+    raises :class:`~mnist_dissected.errors.UsageError` saying what is wrong with it: an empty
+    path (an unset shell variable, which would train and save nothing), a folder, a device, FIFO
+    or socket (never replaced), a place that cannot be written. A symbolic link is fine: the
+    checkpoint is written to the file it points to."""
+    from .files import NotARegularFileError, check_writable, write_target
 
+    if not text:
+        raise UsageError(
+            "--save-model was given an empty path (an unset shell variable?); give a file "
+            "name, e.g. --save-model mnist_cnn.pt, or leave the flag out"
+        )
     path = Path(text).expanduser()
     if path.is_dir():
         raise UsageError(f"{text} is a folder; give a file name, e.g. {path / 'mnist_cnn.pt'}")
-    parent = path.parent
+    try:
+        target = write_target(path)  # where path is a symbolic link, the file it points to
+    except NotARegularFileError as e:
+        raise UsageError(str(e)) from None
+    parent = target.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise UsageError(f"cannot save under {existing}: it is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write into {existing}: permission denied")
     try:
-        check_writable(path)  # leaves nothing behind, not even the folders it made
+        check_writable(target)  # leaves nothing behind, not even the folders it made
     except OSError as e:
         raise UsageError(f"cannot save to {text}: {e.strerror or e}") from None
     note = None if parent.is_dir() else f"Note: the folder {parent} will be created"
@@ -248,7 +260,9 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "under torchrun the model trains eagerly inside DistributedDataParallel: "
                 "--compile and --cuda-graph are not used there; leave them out"
             )
-        save_path, note = check_save_path(args.save_model) if args.save_model else (None, None)
+        save_path, note = None, None
+        if args.save_model is not None:  # "" too: an unset shell variable, not "don't save"
+            save_path, note = check_save_path(args.save_model)
     except UsageError as e:
         parser.error(str(e))
     options = {
@@ -294,7 +308,10 @@ def run_bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mnist_dissected``: returns the exit status (0 done, 1 an error explained in
-    one line, 2 a usage error); expected failures never end in a traceback."""
+    one line, 2 a usage error, 130 interrupted by Ctrl-C); expected failures never end in a
+    traceback. Ctrl-C (``KeyboardInterrupt``, which is no ``Exception``) is one line too: every
+    write is atomic and undoes itself when interrupted, so nothing was saved, nothing is left
+    half-written, and a checkpoint already at ``--save-model`` is as it was."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
@@ -307,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MnistDissectedError as e:  # expected: one line; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was saved", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ A process killed mid-write leaves its temporary file behind: the next write of t
 removes such leftovers, but never the temporary file of a write still running elsewhere (each
 writer holds a lock on its own temporary file while it writes). A write that fails also takes
 away the folders it made for the file: nothing is left behind but what was there before.
+A write never puts its file in place of something that is not a regular file (a device, a FIFO,
+a socket), and writes through a symbolic link to the file it points to (:func:`write_target`).
 :func:`file_lock` makes processes take turns at work whose result one file holds.
 """
 
@@ -23,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import MnistDissectedError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; leftovers are recognised by their age instead
@@ -34,6 +38,45 @@ STALE_AFTER_S = 3600.0
 NAME_MAX = 255
 #: What a temporary file's name adds to its prefix: ``mkstemp``'s 8 random characters, ".tmp".
 _TEMPORARY_TAIL = 8 + len(".tmp")
+#: What a path that is not a regular file is, by its type (``stat.S_IFMT``), for the messages.
+_FILE_TYPES = {
+    stat.S_IFDIR: "folder",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFLNK: "symbolic link that loops (it never reaches a file)",
+}
+
+
+class NotARegularFileError(MnistDissectedError, OSError):
+    """A write was asked to replace something that is not a regular file: a device, a FIFO, a
+    socket, a folder, a symbolic link that loops. Writing there is refused, not done."""
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` replaces: ``path`` itself or, where ``path`` is a
+    symbolic link, the file the link points to (followed to its end, whether that file exists
+    yet or not: a dangling link gets its target written, as a shell's ``>`` does).
+
+    Why: a write puts a new file in place of the old one (``os.replace``), and that replaces
+    whatever is at that name: a link would become a regular file, cut off from the file it
+    shared, and, run as root, a device node such as ``/dev/null`` would become a regular file.
+    So links are followed, and :class:`NotARegularFileError` is raised where the target exists
+    and is not a regular file."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        file_type = stat.S_IFMT(os.lstat(target).st_mode)
+    except OSError:  # not there yet (or a folder on the way is missing): nothing to replace
+        return target
+    if file_type == stat.S_IFREG:
+        return target
+    shown = str(path) if target == path else f"{path} (a link to {target})"
+    what = _FILE_TYPES.get(file_type, "special file")
+    raise NotARegularFileError(
+        f"{shown} is a {what}, not a regular file; refusing to replace it: name a regular file"
+    )
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -128,10 +171,11 @@ def _new_temporary(path: Path, *, clean: bool = True) -> tuple[int, str, list[Pa
 
 def check_writable(path: str | os.PathLike) -> None:
     """Raise the ``OSError`` that :func:`atomic_write` would meet writing ``path`` (a folder
-    that cannot be made or written to, a name too long), before a long computation whose
-    result goes there. Nothing is written under ``path`` and nothing is left behind: a
-    temporary file is made and deleted, and the folders made for it are removed again."""
-    path = Path(path)
+    that cannot be made or written to, a name too long, something that is not a regular file:
+    :class:`NotARegularFileError`), before a long computation whose result goes there. Nothing
+    is written under ``path`` and nothing is left behind: a temporary file is made and deleted,
+    and the folders made for it are removed again."""
+    path = write_target(path)
     # no clean-up of leftovers: other processes' probes are not locked like writes
     fd, tmp, created = _new_temporary(path, clean=False)
     try:
@@ -175,9 +219,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     on an exception it is deleted and ``path`` is left as it was.
 
     Folders are created only now, when there is something to write, and removed again if the
-    write fails. Dissected in Part 4, §4.B.
+    write fails. A symbolic link is written through: its target gets the new file, the link
+    stays; a device, FIFO or socket is never replaced (see :func:`write_target`). Dissected in
+    Part 4, §4.B.
     """
-    path = Path(path)
+    path = write_target(path)
     fd, tmp, created = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -7,7 +7,10 @@ checks each shipped ``.gz`` (SHA-256 of the decompressed bytes: the shipped file
 recompressed, so their MD5 differs from torchvision's list) and decompresses it into
 ``<root>/MNIST/raw/``, where ``torchvision.datasets.MNIST`` finds it and never downloads.
 Each file is hashed once: a stamp beside the decompressed copy records what was verified, and
-a ``.gz`` or copy that changed since (size or modification time) is verified again.
+a ``.gz`` or copy that changed since (size or modification time) is verified again. A ``.gz``
+is never decompressed past the size its file has (:data:`SIZES`): a gzip bomb under an MNIST
+name costs 10 KB to 47 MB of reading, not its whole stream; and one MNIST file under another's
+name is said to be that file, not called corrupt.
 
 This is plumbing: Part 1 shows it in its appendix (§1.A); the dataset, the transforms and the
 batches it teaches live in :mod:`mnist_dissected.data`.
@@ -19,7 +22,9 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
+import struct
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
@@ -38,6 +43,19 @@ RESOURCES: dict[str, str] = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+
+#: Each IDX file's size once decompressed, as its header says: a 4-byte magic number, 4 bytes
+#: per dimension, then one byte per value (a label; or a pixel of the 28×28 images).
+SIZES: dict[str, int] = {
+    "train-images-idx3-ubyte": 4 + 3 * 4 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 4 + 1 * 4 + 60_000,
+    "t10k-images-idx3-ubyte": 4 + 3 * 4 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 4 + 1 * 4 + 10_000,
+}
+#: The file each checksum belongs to.
+_NAME_OF_DIGEST = {digest: name for name, digest in RESOURCES.items()}
+#: How much decompressed data is read at a time.
+_CHUNK = 1 << 20
 
 STAMP_SUFFIX = ".verified"
 
@@ -114,19 +132,38 @@ def sha256_of(path: Path, *, gzipped: bool = False) -> str:
     return digest.hexdigest()
 
 
+def _fix(*, downloaded: bool) -> str:
+    """What became of a bad data file, and what to do about it."""
+    if downloaded:
+        return (
+            "It was just downloaded and has been removed: the mirror served a bad copy; try "
+            "again later or another mirror."
+        )
+    return (
+        "The file was left as it is. Replace it with a good copy (e.g. `git checkout -- data/` "
+        "in the repository, or delete it to let torchvision download it)."
+    )
+
+
 def _corrupt(
     path: Path, expected: str, detail: str, *, downloaded: bool = False
 ) -> CorruptDataError:
-    fix = (
-        "It was just downloaded and has been removed: the mirror served a bad copy; try again "
-        "later or another mirror."
-        if downloaded
-        else "The file was left as it is. Replace it with a good copy (e.g. `git checkout -- "
-        "data/` in the repository, or delete it to let torchvision download it)."
-    )
+    """The error for a data file whose content is not the expected one (``detail``: how it
+    differs). Where ``detail`` gives the SHA-256 of another MNIST file, the content is whole
+    but is that file (train and test swapped, labels where the images belong): the message
+    then says which file it is, rather than "corrupt"."""
+    other = next((n for d, n in _NAME_OF_DIGEST.items() if d != expected and d in detail), None)
+    if other is not None:
+        suffix = ".gz" if path.suffix == ".gz" else ""
+        return CorruptDataError(
+            f"{path} holds the wrong MNIST file: this is {other}{suffix}, not "
+            f"{_NAME_OF_DIGEST[expected]}{suffix} (its decompressed data has {other}'s SHA-256); "
+            "the files were swapped or misnamed: put each under its own name. "
+            f"{_fix(downloaded=downloaded)}"
+        )
     return CorruptDataError(
         f"{path} is corrupt or truncated ({detail}); expected SHA-256 of the decompressed IDX "
-        f"data {expected}. {fix}"
+        f"data {expected}. {_fix(downloaded=downloaded)}"
     )
 
 
@@ -139,22 +176,62 @@ def _write_failed(gz: Path, raw: Path, error: OSError) -> DataWriteError:
     )
 
 
+def _bounded_chunks(
+    src: BinaryIO, gz: Path, expected: str, limit: int, *, downloaded: bool
+) -> Iterator[bytes]:
+    """The decompressed content of ``gz`` (open as ``src``), chunk by chunk, ``limit`` bytes
+    and one more at most (the one more tells that there is more), whatever the compressed
+    stream would unpack to; raises :class:`CorruptDataError` where it cannot be read."""
+    left = limit + 1
+    while left > 0:
+        try:
+            chunk = src.read(min(_CHUNK, left))
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            raise _corrupt(gz, expected, f"{type(e).__name__}: {e}", downloaded=downloaded) from e
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def _idx_size(head: bytes) -> int | None:
+    """The size of the IDX file whose first bytes are ``head``, as its header says (two zero
+    bytes, 0x08 for unsigned bytes, the number of dimensions, then each dimension as a
+    big-endian 32-bit number); None if ``head`` is no such header."""
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+        return None
+    end = 4 + 4 * head[3]
+    if len(head) < end:
+        return None
+    return end + math.prod(struct.unpack(f">{head[3]}I", head[4:end]))
+
+
 def _verified_chunks(
     src: BinaryIO, gz: Path, expected: str, *, downloaded: bool
 ) -> Iterator[bytes]:
     """The decompressed content of ``gz`` (open as ``src``), chunk by chunk; raises
-    :class:`CorruptDataError` where it cannot be read, or after the last chunk if its SHA-256
-    is not ``expected``."""
-    digest = hashlib.sha256()
-    while True:
-        try:
-            chunk = src.read(1 << 20)
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-            raise _corrupt(gz, expected, f"{type(e).__name__}: {e}", downloaded=downloaded) from e
-        if not chunk:
-            break
+    :class:`CorruptDataError` where it cannot be read, or if its SHA-256 is not ``expected``.
+
+    Content longer than the file it should be (:data:`SIZES`) yields no chunk past that size:
+    if its header is a longer MNIST file's (the training labels where the test labels belong),
+    the rest is hashed, not yielded, up to that file's size, so that the error can say which
+    file it is; anything else (a gzip bomb) is read no further."""
+    name = _NAME_OF_DIGEST[expected]
+    digest, head, read = hashlib.sha256(), b"", 0
+    for chunk in _bounded_chunks(src, gz, expected, SIZES[name], downloaded=downloaded):
         digest.update(chunk)
-        yield chunk
+        head += chunk[: 16 - len(head)]  # the IDX header: 16 bytes at most for MNIST
+        read += len(chunk)
+        if read <= SIZES[name]:
+            yield chunk
+            continue
+        claimed = _idx_size(head)
+        if claimed not in SIZES.values() or claimed <= read:
+            detail = f"it decompresses to more than the {SIZES[name]:,} bytes that {name} has"
+            raise _corrupt(gz, expected, detail, downloaded=downloaded)
+        for rest in _bounded_chunks(src, gz, expected, claimed - read, downloaded=downloaded):
+            digest.update(rest)
+        # the outer loop has now read its limit and ends: the checksum below names the file
     if digest.hexdigest() != expected:
         detail = f"its content has SHA-256 {digest.hexdigest()}"
         raise _corrupt(gz, expected, detail, downloaded=downloaded)
@@ -200,10 +277,14 @@ def _stamp_of(raw: Path) -> Path:
 
 
 def _read_stamp(raw: Path) -> dict | None:
+    """What the stamp beside ``raw`` records, or None where there is no stamp to go by (none,
+    unreadable, not JSON, or JSON that is not an object, such as ``[]``): the file is then
+    verified again, as one never stamped."""
     try:
-        return json.loads(_stamp_of(raw).read_text())
+        stamp = json.loads(_stamp_of(raw).read_text())
     except (OSError, ValueError):
         return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def _write_stamp(raw: Path, expected: str, gz: Path | None) -> None:

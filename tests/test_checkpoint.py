@@ -1,12 +1,17 @@
 """Checkpoints: metadata, atomic writes, safe loading, clear errors for damaged files."""
 
+import os
 import pickle
+import random
+import stat
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from mnist_dissected import checkpoint
+from mnist_dissected.errors import MnistDissectedError
 from mnist_dissected.models import LeNet, Net
 from mnist_dissected.recipes import RECIPES
 
@@ -84,10 +89,6 @@ def test_truncated_checkpoint_is_a_clear_error(saved):
 
 
 def test_file_that_is_no_checkpoint(tmp_path):
-    text = tmp_path / "notes.pt"
-    text.write_text("hello")
-    with pytest.raises(checkpoint.CheckpointError, match="truncated or not a PyTorch checkpoint"):
-        checkpoint.load_checkpoint(text)
     bare = tmp_path / "bare.pt"
     torch.save(Net().state_dict(), bare)
     with pytest.raises(checkpoint.CheckpointError, match="not an mnist-dissected checkpoint"):
@@ -120,7 +121,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path, wrap):
         checkpoint.load_checkpoint(evil)
     message = str(err.value)
     assert str(evil) in message and "could run any code" in message
-    assert "came from" in message and "save_checkpoint" in message
+    assert "only if you trust where the file came from" in message and "save_checkpoint" in message
     assert "file an issue" not in message.lower()
     assert not marker.exists(), "the code in the pickle must not have run"
     if wrap == "plain pickle":
@@ -196,3 +197,85 @@ def test_extra_metadata_is_kept_but_cannot_replace_the_checkpoints_own(tmp_path)
     with pytest.raises(ValueError, match=r"may not replace.*\['seed'\]"):
         checkpoint.save_checkpoint(tmp_path / "n.pt", Net(), extra={"seed": 3})
     assert not (tmp_path / "n.pt").exists()
+
+
+# --------------------------------------------------------------------------- bad input, round two
+
+
+def test_save_checkpoint_onto_a_fifo_is_refused_and_leaves_it(tmp_path):
+    fifo = tmp_path / "m.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match=r"m\.pt is a FIFO \(named pipe\), not a regular file") as err:
+        checkpoint.save_checkpoint(fifo, Net())
+    assert isinstance(err.value, MnistDissectedError)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_save_checkpoint_writes_through_a_symlink(tmp_path):
+    target = tmp_path / "store" / "net.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"an older checkpoint")
+    link = tmp_path / "net.pt"
+    link.symlink_to(target)
+    assert checkpoint.save_checkpoint(link, Net()) == link
+    assert link.is_symlink() and os.readlink(link) == str(target), "the link stays a link"
+    model, _ = checkpoint.load_checkpoint(target)
+    assert isinstance(model, Net)
+
+
+def padded(path: Path, out: Path, *, megabytes: int) -> Path:
+    """``path``'s archive with its pickle followed by ``megabytes`` of zeros, checksums valid:
+    deflated, so that it stays small on disk (what torch reads is the unpacked size)."""
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w") as padded_archive:
+        for info in source.infolist():
+            if not info.filename.endswith("/data.pkl"):
+                padded_archive.writestr(info, source.read(info))
+                continue
+            entry = zipfile.ZipInfo(info.filename)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with padded_archive.open(entry, "w", force_zip64=True) as f:
+                f.write(source.read(info))
+                for _ in range(megabytes):
+                    f.write(bytes(1 << 20))
+    return out
+
+
+def test_a_checkpoint_that_unpacks_to_hundreds_of_megabytes_is_refused_unread(
+    saved, tmp_path, monkeypatch
+):
+    _, path = saved
+    bloated = padded(path, tmp_path / "bloated.pt", megabytes=200)
+    assert bloated.stat().st_size < 2 << 20, "small on disk"
+
+    def read(*args, **kwargs):
+        pytest.fail("its parts were read despite their declared size")
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", read)
+    monkeypatch.setattr(torch, "load", read)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_checkpoint(bloated)
+    message = str(err.value)
+    assert message.startswith(f"{bloated} would unpack to 200 MB, more than the 64 MB")
+    assert "delete it" in message
+
+
+@pytest.mark.parametrize(
+    "content, looks_like",
+    [
+        (b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title>", "an HTML page"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)), "a JPEG image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64), "a PNG image"),
+        (b"", "an empty file"),
+        (random.Random(0).randbytes(4096), "random bytes"),
+        (b"hello", "text"),
+    ],
+    ids=["html", "jpeg", "png", "empty", "random", "text"],
+)
+def test_a_file_that_is_no_checkpoint_says_what_it_looks_like(tmp_path, content, looks_like):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a PyTorch checkpoint: it looks like {looks_like}")
+    assert "weights_only=False" not in message and "could run any code" not in message

@@ -2,8 +2,11 @@
 
 import errno
 import os
+import signal
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import torch
 from mnist_dissected import cli, devices, dist_demo, recipes
 from mnist_dissected.checkpoint import load_checkpoint
 from mnist_dissected.data import VALIDATION_SIZE
+from mnist_dissected.files import temporaries_of
 from mnist_dissected.models import Net
 from mnist_dissected.train import Trained
 
@@ -416,3 +420,96 @@ def test_dist_demo_in_a_half_described_world_is_one_line(monkeypatch, capsys):
     assert dist_demo.main(["env"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not set" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- bad input, round two
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_character_device(path: Path) -> None:
+    """A node with /dev/null's numbers: what `--save-model /dev/null` reaches as root."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+
+
+@pytest.mark.parametrize("make", [make_fifo, make_character_device], ids=["fifo", "device"])
+def test_a_save_path_that_is_no_regular_file_is_refused_before_training(
+    tmp_path, capsys, no_training, make
+):
+    node = tmp_path / "m.pt"
+    make(node)
+    before = stat.S_IFMT(os.lstat(node).st_mode)
+    line = usage_error(["train", "--device", "cpu", "--save-model", str(node)], capsys)
+    assert f"{node} is a " in line and "not a regular file" in line
+    assert stat.S_IFMT(os.lstat(node).st_mode) == before and os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_save_model_through_a_symlink_writes_its_target_and_keeps_the_link(
+    tmp_path, monkeypatch, capsys
+):
+    fake_training_then(monkeypatch, set())
+    target, link = tmp_path / "store" / "m.pt", tmp_path / "m.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"the model of an earlier run")
+    link.symlink_to(target)
+    assert cli.main(["train", "--device", "cpu", "--save-model", str(link)]) == 0
+    assert f"Saved {link}" in capsys.readouterr().out
+    assert link.is_symlink() and os.readlink(link) == str(target), "the link stays a link"
+    assert isinstance(load_checkpoint(target)[0], Net)
+
+
+def test_an_empty_save_path_is_a_usage_error(capsys, no_training):
+    """`--save-model "$OUT"` with OUT unset: not a run that trains and saves nothing."""
+    line = usage_error(["train", "--device", "cpu", "--save-model", ""], capsys)
+    assert "--save-model was given an empty path" in line
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGINT to send on Windows")
+@pytest.mark.parametrize(
+    "when", ["Training net", "Train Epoch: 1 [0/"], ids=["preparing-data", "mid-epoch"]
+)
+def test_ctrl_c_during_training_is_one_line_and_leaves_everything_as_it_was(tmp_path, when):
+    data, target = tmp_path / "data", tmp_path / "m.pt"
+    data.mkdir()
+    for name in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            gz = f"{name}-{kind}-ubyte.gz"
+            (data / gz).write_bytes((ROOT / "data" / gz).read_bytes())
+    target.write_bytes(b"the model of an earlier run")
+    command = ["train", "--epochs", "1", "--device", "cpu", "--data", str(data)]
+    # Where Ctrl-C is ignored here (pytest run as a shell's background job), the child would
+    # ignore it too; a signal that is caught is reset to its default in the child instead.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mnist_dissected", *command, "--save-model", str(target)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    watchdog = threading.Timer(180, child.kill)  # a hung child ends its output: no hung test
+    watchdog.start()
+    try:
+        while not (line := child.stdout.readline()).startswith(when):
+            assert line, f"the training ended before printing {when!r}"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, err
+    assert err == "interrupted: nothing was saved\n"
+    assert target.read_bytes() == b"the model of an earlier run"
+    assert temporaries_of(target) == [] and list(tmp_path.rglob("*.tmp")) == []

@@ -2,6 +2,8 @@
 
 import errno
 import os
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_dissected.errors import MnistDissectedError
 from mnist_dissected.files import (
     atomic_write,
     check_writable,
@@ -186,3 +189,83 @@ def test_processes_probing_one_new_folder_at_once_all_succeed(tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
     # An empty folder may stay: one process cannot know that another made the folder it found
     assert [files for _, _, files in os.walk(tmp_path)] == [[]] * len(list(os.walk(tmp_path)))
+
+
+# --------------------------------------------------------------------------- what a write replaces
+
+SPECIAL_KINDS = ["fifo", "socket", "character device"]
+
+
+def make_special(path: Path, kind: str) -> Path:
+    """A FIFO, a socket or a character device node (with /dev/null's numbers) at ``path``."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        cwd = os.getcwd()
+        os.chdir(path.parent)  # bound by its short name: a socket's path may not pass 108 bytes
+        try:
+            with socket.socket(socket.AF_UNIX) as server:
+                server.bind(path.name)  # the node stays when the socket closes
+        finally:
+            os.chdir(cwd)
+    else:
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    return path
+
+
+def file_type(path: Path) -> int:
+    return stat.S_IFMT(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_a_device_fifo_or_socket_is_never_replaced(tmp_path, kind):
+    """os.replace puts a regular file in place of whatever is there: as root, a device node."""
+    node = make_special(tmp_path / "node", kind)
+    before = file_type(node)
+    with pytest.raises(OSError, match="not a regular file") as err, atomic_write(node) as f:
+        f.write(b"must not land anywhere")
+    assert isinstance(err.value, MnistDissectedError), "a message for a person, one line"
+    assert str(node) in str(err.value) and "name a regular file" in str(err.value)
+    assert file_type(node) == before, "the node is still what it was"
+    assert os.listdir(tmp_path) == ["node"], "no temporary file left"
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_check_writable_refuses_what_a_write_would_refuse(tmp_path, kind):
+    node = make_special(tmp_path / "node", kind)
+    with pytest.raises(OSError, match="not a regular file"):
+        check_writable(node)
+    assert os.listdir(tmp_path) == ["node"]
+
+
+def test_a_write_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "store").mkdir()
+    target = tmp_path / "store" / "m.pt"
+    target.write_bytes(b"old")
+    link = tmp_path / "m.pt"
+    link.symlink_to(Path("store") / "m.pt")  # relative, as `ln -s store/m.pt m.pt` makes it
+    with atomic_write(link) as f:
+        f.write(b"new")
+    assert link.is_symlink() and os.readlink(link) == str(Path("store") / "m.pt")
+    assert target.read_bytes() == b"new"
+    assert temporaries_of(target) == [] and temporaries_of(link) == []
+
+
+def test_a_dangling_symlink_gets_its_target_written(tmp_path):
+    link = tmp_path / "m.pt"
+    link.symlink_to(tmp_path / "new" / "m.pt")  # neither the file nor its folder exist yet
+    with atomic_write(link) as f:
+        f.write(b"new")
+    assert link.is_symlink() and (tmp_path / "new" / "m.pt").read_bytes() == b"new"
+
+
+def test_a_symlink_loop_is_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(OSError, match="loop"), atomic_write(a) as f:
+        f.write(b"x")
+    assert a.is_symlink() and b.is_symlink() and sorted(os.listdir(tmp_path)) == ["a", "b"]

@@ -2,6 +2,7 @@
 way they can be bad or unwritable gets a clear message with nothing left behind."""
 
 import gzip
+import json
 import os
 import shutil
 import urllib.error
@@ -297,3 +298,104 @@ def test_a_mistyped_folder_gets_no_empty_tree(tmp_path, no_download):
 def test_the_message_names_the_flag_the_user_typed(tmp_path, no_download):
     with pytest.raises(mnist_files.MNISTNotFoundError, match=r"\(from --data\)"):
         data.load_mnist(root=tmp_path, root_given_as="--data")
+
+
+# --------------------------------------------------------------------------- bad input, round two
+
+
+@pytest.mark.parametrize("content", ["[]", "7", '"x"', "null", "{not json"])
+def test_a_stamp_that_is_no_json_object_is_stale_not_a_crash(
+    tmp_path, no_download, monkeypatch, content
+):
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.prepare_raw(tmp_path)
+    raw = mnist_files.raw_folder(tmp_path) / NAME
+    stamp = raw.with_name(raw.name + mnist_files.STAMP_SUFFIX)
+    stamp.write_text(content)
+    hashed = []
+    real_sha256_of = mnist_files.sha256_of
+
+    def sha256_of(path, **kwargs):
+        hashed.append(path)
+        return real_sha256_of(path, **kwargs)
+
+    monkeypatch.setattr(mnist_files, "sha256_of", sha256_of)
+    assert mnist_files.prepare_raw(tmp_path) == []
+    assert hashed == [raw], "verified again, as a file never stamped"
+    assert json.loads(stamp.read_text())["sha256"] == mnist_files.RESOURCES[NAME], "stamped anew"
+
+
+class CountingReads:
+    """A decompressed stream that counts the bytes read from it."""
+
+    def __init__(self, stream):
+        self.stream, self.bytes_read = stream, 0
+
+    def read(self, size=-1):
+        chunk = self.stream.read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stream.close()
+
+
+def test_a_gzip_bomb_is_refused_as_soon_as_it_is_longer_than_its_file(
+    tmp_path, no_download, monkeypatch
+):
+    """8 MB of zeros in 8 KB, named as the test labels (10,008 bytes): reading stops there."""
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    bomb = tmp_path / f"{NAME}.gz"
+    bomb.write_bytes(gzip.compress(bytes(8 << 20)))
+    streams = []
+    real_open = gzip.open
+
+    def counting_open(*args, **kwargs):
+        streams.append(CountingReads(real_open(*args, **kwargs)))
+        return streams[-1]
+
+    monkeypatch.setattr(gzip, "open", counting_open)
+    with pytest.raises(mnist_files.CorruptDataError) as err:
+        mnist_files.prepare_raw(tmp_path)
+    assert streams[-1].bytes_read <= 10_008 + 1, "not one byte read past what tells it is too long"
+    message = str(err.value)
+    assert str(bomb) in message and "decompresses to more than the 10,008 bytes" in message
+    assert not (mnist_files.raw_folder(tmp_path) / NAME).exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "name, holds",
+    [
+        ("t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte"),  # train and test swapped: longer
+        ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"),  # ... and shorter
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),  # labels where the images belong
+    ],
+)
+def test_another_mnist_file_under_a_name_is_said_to_be_that_file(
+    tmp_path, no_download, name, holds
+):
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    gz = tmp_path / f"{name}.gz"
+    shutil.copy(SHIPPED / f"{holds}.gz", gz)
+    with pytest.raises(mnist_files.CorruptDataError) as err:
+        mnist_files.prepare_raw(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{gz} holds the wrong MNIST file: this is {holds}.gz, not {name}.gz")
+    assert "corrupt" not in message and "left as it is" in message
+    assert gz.read_bytes() == (SHIPPED / f"{holds}.gz").read_bytes()
+    assert not (mnist_files.raw_folder(tmp_path) / name).exists() and leftovers(tmp_path) == []
+
+
+def test_another_decompressed_file_under_a_name_is_said_to_be_that_file(tmp_path, no_download):
+    copy_shipped(tmp_path, *mnist_files.RESOURCES)
+    mnist_files.prepare_raw(tmp_path)
+    raw = mnist_files.raw_folder(tmp_path) / NAME
+    raw.write_bytes((mnist_files.raw_folder(tmp_path) / "train-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(
+        mnist_files.CorruptDataError,
+        match=f"this is train-labels-idx1-ubyte, not {NAME} ",
+    ):
+        mnist_files.prepare_raw(tmp_path)
