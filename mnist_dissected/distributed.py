@@ -43,6 +43,7 @@ from .process_group import (
     is_main_process,
     main_first,
     mean_over_ranks,
+    peers_watched,
     pick_backend,
     print_once,
 )
@@ -142,6 +143,7 @@ def evaluate_distributed(
     return total_loss / n, correct / n
 
 
+@peers_watched(when="during training")  # a peer that dies: one line, not gloo's traceback
 def train_ddp(
     model_name: str = "net",
     recipe: Any = "fast",
@@ -169,6 +171,10 @@ def train_ddp(
     the example's lines. Returns a :class:`~mnist_dissected.train.Trained` with the unwrapped
     model and a history with the fields of one process's, on every rank; save it with
     :func:`save_on_main`.
+
+    A NaN loss stops every rank at the end of the same epoch (the averaged losses are the same
+    everywhere); a peer that dies stops the others with a one-line
+    :class:`~mnist_dissected.process_group.WorldError` that names it (``peers_watched``).
     """
     # Long on purpose: the whole data-parallel story on one screen, as Part 6 §6.7 shows it.
     from .train import Trained, build_model, fit, make_batches, score_test
@@ -242,8 +248,15 @@ def run_train_cli(
         run = train_ddp(model_name, recipe, device=device, **options)
         if save_path is not None:
             seed = options.get("seed")
-            path = save_on_main(
-                save_path, run.model, recipe=recipe, history=run.history, seed=seed, test=run.test
-            )
+            saving = f"check whether {save_path} is there: it is written whole or not at all"
+            with peers_watched(when="while rank 0 saved the model", outcome=saving):
+                path = save_on_main(
+                    save_path,
+                    run.model,
+                    recipe=recipe,
+                    history=run.history,
+                    seed=seed,
+                    test=run.test,
+                )
             print_once(f"Saved {path}")
     return 0

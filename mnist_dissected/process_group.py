@@ -10,7 +10,8 @@ training (:mod:`~mnist_dissected.distributed`) and the demonstrations build on t
   (:class:`World`, :func:`launched_by_torchrun`);
 - forming the process group with a timeout, and turning "the world never formed" into one
   clear error that names the address, the port and the seconds waited, instead of a hang or a
-  page of C++ log (:func:`init_distributed`);
+  page of C++ log (:func:`init_distributed`), and "a peer died mid-run" into one line that
+  names it, instead of gloo's traceback (:func:`peers_watched`);
 - this rank's device and backend (:func:`default_device`, :func:`ddp_device`,
   :func:`pick_backend`);
 - printing once, in rank order, and averaging across ranks (:func:`print_once`,
@@ -23,6 +24,7 @@ Without ``torchrun`` the same code forms a world of one process, so it also runs
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -225,10 +227,61 @@ def init_distributed(
         # Every rank done before the group goes: a rank that leaves while a peer's last
         # collective (a gather's send) is still in flight hangs in destroy_process_group
         # (seen with torch 2.2's gloo).
-        barrier()
+        with peers_watched(when="at the end of the run", outcome="all work had finished"):
+            barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+#: How gloo and NCCL say that the other end is gone, or silent (their messages differ across
+#: PyTorch versions; the phrase is kept as the cause).
+_PEER_GONE = re.compile(
+    r"Connection (?:reset|closed) by peer|Broken pipe|Connection refused|Socket closed",
+    re.IGNORECASE,
+)
+_PEER_SILENT = re.compile(r"Timed out[^.\n]*|timeout[^.\n]*", re.IGNORECASE)
+
+
+def lost_peer(error: BaseException, *, when: str, outcome: str) -> WorldError | None:
+    """The one-line :class:`WorldError` for a collective that failed because a peer died (or
+    stopped answering) ``when`` ("during training"), or ``None`` if ``error`` is anything else
+    (a bug keeps its traceback). Which peer: with two ranks, the other one; with more, the
+    collective's error does not say."""
+    text = str(error)
+    from_backend = isinstance(error, getattr(dist, "DistError", ())) or re.search(
+        r"gloo|nccl", text, re.IGNORECASE
+    )
+    if isinstance(error, MnistDissectedError) or not from_backend:
+        return None
+    found, verb = _PEER_GONE.search(text), "went away"
+    if found is None:
+        found, verb = _PEER_SILENT.search(text), "stopped answering"
+    if found is None:
+        return None
+    world = current_world()
+    who = f"rank {1 - world.rank} of 2" if world.world_size == 2 else "another rank"
+    whose = f"rank {1 - world.rank}'s" if world.world_size == 2 else "the other ranks'"
+    return WorldError(
+        f"{who} {verb} {when} ({found.group(0).strip()}); {outcome}: see {whose} output for "
+        "why it ended"
+    )
+
+
+@contextmanager
+def peers_watched(
+    *, when: str, outcome: str = "the run stopped, nothing was saved"
+) -> Iterator[None]:
+    """Turn a collective's failure because a peer died ``when`` ("during training") into one
+    :class:`WorldError` (see :func:`lost_peer`) instead of gloo's page of traceback; any other
+    error passes through unchanged. Also a decorator."""
+    try:
+        yield
+    except RuntimeError as e:
+        lost = lost_peer(e, when=when, outcome=outcome)
+        if lost is None:
+            raise
+        raise lost from e
 
 
 def barrier() -> None:

@@ -29,6 +29,8 @@ from .data import (
     train_validation_indices,
 )
 from .devices import pick_device, seed_everything
+from .guards import LossWatch, check_progress, stop_if_diverged
+from .guards import TrainingDivergedError as TrainingDivergedError  # noqa: PLC0414 (re-export)
 from .models import MNISTModel, loss_function, model_class
 from .recipes import Recipe, get_recipe, make_optimizer
 
@@ -45,12 +47,15 @@ def train_epoch(
     log_interval: int | None = None,
     max_batches: int | None = None,
     graphed_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    stop_early: bool = True,
 ) -> list[float]:
     """One pass over ``batches`` (or its first ``max_batches``); returns the training loss of
     every step.
 
     Dissected in Part 4, §4.1. ``log_interval`` prints the example's ``Train Epoch: ...``
-    lines every that many batches (each one waits for the device to report its loss).
+    lines every that many batches (each one waits for the device to report its loss). A NaN
+    loss raises :class:`TrainingDivergedError` as soon as reading it costs no wait (see
+    :class:`~mnist_dissected.guards.LossWatch`); ``stop_early=False`` (DDP): :func:`fit` does.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_function(model)
@@ -58,6 +63,7 @@ def train_epoch(
     losses = []
     n_total, seen = num_samples(batches), 0
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    watch = LossWatch(optimizer, epoch=epoch, active=stop_early, every_step=device.type == "cpu")
     for step, (data, target) in enumerate(islice(bar, max_batches)):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if graphed_step is not None:  # the lines below, captured once as a CUDA graph
@@ -70,14 +76,16 @@ def train_epoch(
             if scheduler is not None:
                 scheduler.step()
         losses.append(loss.detach())  # no .item() here: it would wait for the GPU every step
-        if log_interval and step % log_interval == 0:
+        logged = bool(log_interval) and step % log_interval == 0
+        if logged:
             print(
                 f"Train Epoch: {epoch} [{seen}/{n_total or '?'} "
                 f"({100.0 * step / len(batches):.0f}%)]"
                 f"\tLoss: {loss.item():.6f}"
             )
+        watch.step(losses, synced=logged)  # a NaN stops here, where reading it costs no wait
         seen += len(data)
-    return torch.stack(losses).tolist() if losses else []  # an exhausted iterator: no steps
+    return watch.end(torch.stack(losses).tolist() if losses else [])  # no steps: exhausted
 
 
 @torch.no_grad()  # no graph: less memory, faster
@@ -139,13 +147,13 @@ def fit(
     that is scored once, at the end). Returns one record per epoch: ``epoch``, ``train_loss``
     (mean), ``step_losses``, ``val_loss``, ``val_accuracy``, ``seconds`` (training and
     validation) and ``train_seconds`` (training alone). Dissected in Part 4, §4.4.
+    A NaN loss stops it, before validation at the latest; one at chance level warns (guards).
 
     The hooks are what data-parallel training changes (Part 6, §6.7): ``evaluator`` scores the
     validation batches (:func:`evaluate`, the default, or one with its arguments and result),
     ``on_epoch_start(epoch)`` runs before each epoch (a ``DistributedSampler`` must be told the
-    epoch),
-    ``reduce_losses`` turns this process's step losses into the run's (the mean over ranks),
-    and ``say`` prints the summary line (on rank 0 only)."""
+    epoch), ``reduce_losses`` turns this process's step losses into the run's (the mean over
+    ranks), and ``say`` prints the summary line (on rank 0 only)."""
     # Long on purpose: the whole epoch loop on one screen, as Part 4 §4.4 shows it.
     evaluator = evaluator or evaluate
     history = []
@@ -164,9 +172,11 @@ def fit(
             log_interval=log_interval,
             max_batches=max_batches,
             graphed_step=graphed_step,
+            stop_early=reduce_losses is None,  # ranks stop together, on the averaged losses
         )
         if reduce_losses is not None:
             steps = reduce_losses(steps)
+        stop_if_diverged(steps, epoch=epoch, optimizer=optimizer)
         train_seconds = time.perf_counter() - start  # train_epoch waited for the device
         val_loss, accuracy = evaluator(model, val_batches, device=device, max_batches=max_batches)
         seconds = time.perf_counter() - start
@@ -183,6 +193,7 @@ def fit(
         )
         if verbose and max_batches is None and num_samples(val_batches):
             say(summary_line(val_loss, accuracy, num_samples(val_batches), split="Validation"))
+        check_progress(history, optimizer=optimizer)  # NaN validation: stop; chance: warn
     return history
 
 
