@@ -17,6 +17,11 @@ The widget is an `anywidget <https://anywidget.dev>`_: its JavaScript and CSS ar
 JupyterLab 4, Notebook 7, VS Code and Colab. Where widgets are not shown (a static rendering of
 the notebook, nbval), :func:`predict_drawing` and :func:`plot_prediction` give the same answers
 for an image, e.g. the drawings bundled with the package (:func:`load_drawing`).
+
+Bad input gets a message on the pad instead of an answer: a picture that cannot be
+preprocessed (a blank canvas: :class:`~mnist_dissected.preprocess.DrawingError`), a file the
+browser cannot decode (:func:`unreadable_upload_message`), and a drawing too small to be a
+digit, a dot (:func:`check_size`), which would otherwise be read as a confident "0".
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -38,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK
 from .models import unwrap
-from .preprocess import DrawingError, to_mnist
+from .preprocess import DrawingError, steps, to_mnist
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,6 +52,19 @@ if TYPE_CHECKING:
 #: The digits drawn in the bundled drawings (``mnist_dissected/drawings/<digit>.png``): RGBA,
 #: 280 x 280, black strokes on transparent paper, as a browser canvas gives them.
 BUNDLED_DIGITS = (0, 2, 3, 7)
+
+#: The smallest drawing read as a digit: the longer side of its ink's bounding box, as a share
+#: of the picture's longer side (:func:`check_size`). 15% is 42 pixels of the pad's 280: the
+#: bundled drawings span 70 to 80%, a digit in a photo 30% or more, a click of the pen 8%.
+MIN_EXTENT = 0.15
+#: On the pad, a drawing must also span at least this many pen widths: a dot is one pen width
+#: across however large the pad, a digit's strokes go somewhere.
+MIN_PEN_WIDTHS = 2
+
+
+class DrawingTooSmall(DrawingError):
+    """The drawing is too small to be a digit (a dot, a speck): the pad shows a hint to draw
+    bigger, not an error, and no answer (see :func:`check_size`)."""
 
 
 @dataclass(frozen=True)
@@ -129,11 +148,39 @@ def predict_batch(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, 
     return probabilities, x.grad.detach()[0, 0].abs().cpu()
 
 
-def predict_drawing(model: nn.Module, image: Any, **preprocess: Any) -> Prediction:
+def check_size(image: Any, *, min_extent: float = MIN_EXTENT, **preprocess: Any) -> None:
+    """Raise :class:`DrawingTooSmall` ("draw bigger: ...") if the ink of ``image`` spans less
+    than ``min_extent`` of the picture: the longer side of the ink's bounding box (the pixels
+    that :func:`~mnist_dissected.preprocess.to_mnist` keeps as ink: its ``cropped`` step, which
+    gets the keyword arguments) against the picture's longer side. 0 turns the check off.
+
+    Why before preprocessing: ``to_mnist`` scales every drawing so that its longer side is 20
+    pixels, so afterwards size is gone. A dot becomes a filled 20 x 20 disc, which the trained
+    network reads as "0" with over 97% confidence: an answer about nothing. Why the bounding
+    box and not the amount of ink: a "1" has little ink but is tall; a dot is small both ways.
+    """
+    if min_extent <= 0:
+        return
+    stages = steps(image, **preprocess)
+    side, (height, width) = max(stages["grey"].shape), stages["cropped"].shape
+    needed = math.ceil(min_extent * side)
+    if max(height, width) < needed:
+        raise DrawingTooSmall(
+            f"draw bigger: the ink spans {height} x {width} pixels, a digit at least {needed} "
+            f"({min_extent:.0%} of {side}). Draw across most of the pad, or crop a photo "
+            "closer around the digit."
+        )
+
+
+def predict_drawing(
+    model: nn.Module, image: Any, *, min_extent: float = MIN_EXTENT, **preprocess: Any
+) -> Prediction:
     """The model's reading of a picture of one digit (any size, grey/RGB/RGBA, dark on light
     or light on dark: see :func:`~mnist_dissected.preprocess.to_mnist`, which gets the keyword
     arguments). The widget's answer without the widget. A blank or unreadable picture raises
-    :class:`~mnist_dissected.preprocess.DrawingError`."""
+    :class:`~mnist_dissected.preprocess.DrawingError`, and one whose ink spans less than
+    ``min_extent`` of it (a dot) :class:`DrawingTooSmall`, from :func:`check_size`."""
+    check_size(image, min_extent=min_extent, **preprocess)
     batch = to_mnist(image, **preprocess)
     probabilities, saliency = predict_batch(model, batch)
     return Prediction(
@@ -201,6 +248,17 @@ def decode_data_url(url: str) -> Image.Image:
     return image
 
 
+def unreadable_upload_message(name: str, mime: str = "") -> str:
+    """What the pad says when the browser cannot decode a file chosen with "Upload a photo…"
+    (a text file, a web page saved as .png, an iPhone's HEIC photo): which file, and what to
+    upload instead. Here, not in the JavaScript, so that all the pad's words are in Python."""
+    what = (name or "the file") + (f" ({mime})" if mime else "")
+    advice = "upload a PNG, JPEG, GIF or WebP picture of a digit"
+    if any(kind in f"{name} {mime}".lower() for kind in ("heic", "heif")):
+        advice += " (a HEIC photo from an iPhone: share or export it as JPEG first)"
+    return f"{what} is not an image the browser can read: {advice}."
+
+
 # --------------------------------------------------------------------------- the widget
 
 
@@ -225,7 +283,11 @@ class DigitPad(anywidget.AnyWidget):
     """A canvas to draw a digit on, and the model's live reading of it (see the module
     docstring). ``DigitPad(model)`` as a cell's last line shows it; after a stroke,
     ``pad.result`` holds the latest :class:`Prediction` (``None`` before any, or after Clear
-    or unreadable input, whose reason is in ``pad.message``)."""
+    or unreadable input, whose reason is in ``pad.message``, a ``"hint"`` or an ``"error"``
+    by ``pad.message_kind``)."""
+
+    #: What the pad says before any drawing and after Clear.
+    IDLE = "Draw a digit with the mouse or a finger."
 
     _esm = ESM
     _css = CSS
@@ -242,13 +304,17 @@ class DigitPad(anywidget.AnyWidget):
     image = traitlets.List(traitlets.Float()).tag(sync=True)
     saliency = traitlets.List(traitlets.Float()).tag(sync=True)
     probabilities = traitlets.List(traitlets.Float()).tag(sync=True)
-    message = traitlets.Unicode("Draw a digit with the mouse or a finger.").tag(sync=True)
+    message = traitlets.Unicode(IDLE).tag(sync=True)
+    #: How the message is shown: a "hint" (what to do next: draw, draw bigger) in a neutral
+    #: style, or an "error" (input that cannot be read) in red.
+    message_kind = traitlets.Enum(("hint", "error"), "hint").tag(sync=True)
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.model = model
         self.result: Prediction | None = None
         self.observe(self._on_drawing, names="drawing")
+        self.on_msg(self._on_front_end_message)
 
     def __repr__(self) -> str:
         # What a front end without widgets shows instead of the canvas (and what nbval compares).
@@ -257,19 +323,50 @@ class DigitPad(anywidget.AnyWidget):
             "Notebook 7, VS Code or Colab"
         )
 
+    def min_extent(self) -> float:
+        """The pad's :func:`check_size` limit: the larger of :data:`MIN_EXTENT` and
+        :data:`MIN_PEN_WIDTHS` pen widths (44 of the default 280 pixels, 16%). The pen decides on
+        a small pad or with a wide pen, where a dot alone would pass :data:`MIN_EXTENT`."""
+        return max(MIN_EXTENT, MIN_PEN_WIDTHS * self.line_width / self.size)
+
     def _on_drawing(self, change: dict[str, Any]) -> None:
         url = change["new"]
         if not url:
-            self._show(None, "Draw a digit with the mouse or a finger.")
+            self._show(None, self.IDLE)
             return
         try:
-            result = predict_drawing(self.model, decode_data_url(url))
-        except DrawingError as e:
+            result = predict_drawing(self.model, decode_data_url(url), min_extent=self.min_extent())
+        except DrawingTooSmall as e:
             self._show(None, str(e))
+            return
+        except DrawingError as e:
+            self._show(None, str(e), kind="error")
             return
         self._show(result, "")
 
-    def _show(self, result: Prediction | None, message: str) -> None:
+    def _on_front_end_message(self, widget: Any, content: Any, buffers: Any) -> None:
+        """The front end's events: ``{"event": "clear"}`` (the Clear button) and
+        ``{"event": "unreadable", "name", "type"}`` (the browser could not decode an uploaded
+        file; the answer to the picture before is no answer to it). Events, not a change of
+        ``drawing``: Clear on a pad already clear, or a failed upload, changes no picture, yet
+        must reset the message. Anything else is ignored."""
+        event = content.get("event") if isinstance(content, dict) else None
+        if event == "clear":
+            self._forget(self.IDLE, "hint")
+        elif event == "unreadable":
+            name, mime = (str(content.get(key) or "")[:100] for key in ("name", "type"))
+            self._forget(unreadable_upload_message(name, mime), "error")
+
+    def _forget(self, message: str, kind: str) -> None:
+        """No answer and no picture: the next picture sent counts as new even if it is the
+        one before (the same photo uploaded again after a failed upload)."""
+        with self.hold_sync():
+            self.drawing = ""
+            self._show(None, message, kind)
+
+    def _show(self, result: Prediction | None, message: str, kind: str = "hint") -> None:
+        """Send one state to the front end in one message: the answer and its pictures (or
+        none), and the message with its kind (``"hint"`` or ``"error"``)."""
         self.result = result
         with self.hold_sync():
             if result is None:
@@ -282,6 +379,7 @@ class DigitPad(anywidget.AnyWidget):
                 self.probabilities = [round(v, 6) for v in result.probabilities.tolist()]
             self.prediction = -1 if result is None else result.digit
             self.message = message
+            self.message_kind = kind
 
 
 def draw_digit(model: nn.Module, *, size: int = 280, line_width: int = 22) -> DigitPad:

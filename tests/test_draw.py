@@ -128,3 +128,146 @@ def test_the_widget_sends_the_front_end_files_next_to_draw_py(net):
     styled = set(re.findall(r"\.(digitpad[\w-]*)", pad._css))
     made = set(re.findall(r'"(digitpad[\w-]*)"', pad._esm))
     assert "digitpad-canvas" in styled and styled <= made
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def pad_picture(*shapes: tuple[str, tuple[int, int, int, int]], size: int = 280) -> str:
+    """A pad's canvas as the browser sends it (transparent, black ink), with ``shapes``:
+    ``("dot", box)`` a filled ellipse, ``("line", box)`` a 22-pixel stroke between two
+    corners."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (size, size))
+    pen = ImageDraw.Draw(image)
+    for kind, box in shapes:
+        if kind == "dot":
+            pen.ellipse(box, fill=(0, 0, 0, 255))
+        else:
+            pen.line(box, fill=(0, 0, 0, 255), width=22)
+    return png_url(image)
+
+
+def png_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+#: One click of the pad's 22-pixel pen in the middle of the 280-pixel pad.
+DOT = ("dot", (129, 129, 151, 151))
+
+
+def test_a_dot_gets_a_hint_to_draw_bigger_not_an_answer(net):
+    """A dot, scaled like every drawing to a 20-pixel box, becomes a filled disc that the
+    trained network reads as "0" (97.8%): the pad says to draw bigger instead."""
+    pad = draw.draw_digit(net)
+    pad.drawing = data_url(7)
+    pad.drawing = pad_picture(DOT)
+    assert pad.prediction == -1 and pad.result is None and pad.probabilities == []
+    assert pad.message.startswith("draw bigger: ") and pad.message_kind == "hint"
+    with pytest.raises(draw.DrawingError, match=r"^draw bigger: the ink spans 2[2-4] x 2[2-4] "):
+        draw.predict_drawing(net, draw.decode_data_url(pad_picture(DOT)))
+    pad.drawing = pad_picture(("line", (140, 100, 140, 140)))  # a "1" a seventh of the pad high
+    assert pad.prediction == -1 and pad.message.startswith("draw bigger: ")
+    small_pad = draw.draw_digit(net, size=140)  # the pen's dot is 16% of this pad
+    small_pad.drawing = pad_picture(("dot", (59, 59, 81, 81)), size=140)
+    assert small_pad.prediction == -1 and small_pad.message.startswith("draw bigger: ")
+
+
+def test_drawings_big_enough_to_be_digits_still_get_answers(net):
+    """The limit (:data:`draw.MIN_EXTENT`, and two pen widths on the pad) lies well below any
+    digit: the bundled drawings span 70 to 80% of the pad, a "1" drawn a fifth of the pad high
+    or a "7" at a third of the bundled size are answered, and so is a picture of another size
+    or an MNIST-sized one."""
+    from PIL import Image
+
+    from mnist_dissected import preprocess
+
+    pad = draw.draw_digit(net)
+    for digit in draw.BUNDLED_DIGITS:
+        pad.drawing = data_url(digit)
+        assert pad.prediction >= 0 and pad.message == "", digit
+    pad.drawing = pad_picture(("line", (140, 110, 140, 166)))  # 56 + 22 pixels high
+    assert pad.prediction >= 0 and pad.message == ""
+    small = Image.new("RGBA", (280, 280))
+    small.paste(draw.load_drawing(7).resize((93, 93)), (90, 90))
+    assert max(preprocess.crop(preprocess.to_ink(small)).shape) < 0.3 * 280
+    pad.drawing = png_url(small)
+    assert pad.prediction >= 0 and pad.message == ""
+    mnist_like = torch.zeros(28, 28)
+    mnist_like[4:24, 12:16] = 1  # a "1": 20 of 28 pixels high, as MNIST's are
+    assert draw.predict_drawing(net, mnist_like).probabilities.shape == (10,)
+    assert draw.predict_drawing(net, draw.load_drawing(3).resize((1000, 1000))).digit >= 0
+
+
+def test_the_idle_hint_and_an_error_are_styled_apart(net):
+    """The idle hint ("Draw a digit ...") is not in the error's red: each message says what it
+    is (``message_kind``), the front end gives each kind its class, and the CSS its colour."""
+    pad = draw.draw_digit(net)
+    assert pad.message.startswith("Draw a digit") and pad.message_kind == "hint"
+    pad.drawing = pad_picture()  # a blank canvas: an error
+    assert "blank" in pad.message and pad.message_kind == "error"
+    pad.drawing = ""  # Clear
+    assert pad.message.startswith("Draw a digit") and pad.message_kind == "hint"
+    rules = dict(re.findall(r"\.(digitpad-[\w-]+)\s*\{([^}]*)\}", draw.CSS))
+    colour = {name: re.search(r"(?:^|;)\s*color:\s*([^;]+)", rules[name]) for name in rules}
+    assert colour["digitpad-message"] is None  # the kind's class decides the colour
+    assert colour["digitpad-hint"][1] != colour["digitpad-error"][1]
+    assert '"digitpad-hint"' in draw.ESM and '"digitpad-error"' in draw.ESM
+
+
+@pytest.mark.parametrize(
+    ("name", "mime", "advice"),
+    [
+        ("notes.txt", "text/plain", "PNG, JPEG"),
+        ("page.png", "image/png", "PNG, JPEG"),
+        ("IMG_0042.HEIC", "image/heic", "as JPEG"),
+    ],
+)
+def test_an_upload_the_browser_cannot_decode_is_reported_and_clears_the_answer(
+    net, name, mime, advice
+):
+    """The front end tells Python when the browser cannot decode a chosen file (a text file, an
+    HTML page named .png, an iPhone's HEIC photo): the old answer goes, the message says why."""
+    pad = draw.draw_digit(net)
+    pad.drawing = data_url(7)
+    pad._handle_custom_msg({"event": "unreadable", "name": name, "type": mime}, [])
+    assert pad.prediction == -1 and pad.result is None and pad.probabilities == []
+    assert name in pad.message and advice in pad.message and pad.message_kind == "error"
+    pad._handle_custom_msg({"event": "something else"}, [])  # ignored, not an error
+    assert name in pad.message
+    pad.drawing = data_url(7)  # the picture before, uploaded again: answered again
+    assert pad.prediction >= 0 and pad.message == ""
+
+
+def test_clear_resets_the_message_even_on_a_clear_pad(net):
+    """Clear is an event from the front end: after a failed upload on a clear pad the picture
+    (``drawing == ""``) does not change, but the message must."""
+    pad = draw.draw_digit(net)
+    pad._handle_custom_msg({"event": "unreadable", "name": "notes.txt", "type": ""}, [])
+    assert pad.message_kind == "error" and pad.drawing == ""
+    pad._handle_custom_msg({"event": "clear"}, [])
+    assert (pad.message, pad.message_kind, pad.prediction) == (pad.IDLE, "hint", -1)
+    pad.drawing = data_url(3)
+    pad._handle_custom_msg({"event": "clear"}, [])
+    assert pad.drawing == "" and pad.result is None and pad.message == pad.IDLE
+
+
+def test_the_lab_extra_installs_jupyter_notebook_7():
+    """The README and the widget promise Jupyter Notebook 7: `make lab` (``.[lab,test]``)
+    installs it, at a floor that is a Notebook 7 (6 has no anywidget front end)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    lab = {
+        r.name: r for r in map(Requirement, pyproject["project"]["optional-dependencies"]["lab"])
+    }
+    assert "notebook" in lab, sorted(lab)
+    assert str(lab["notebook"].specifier) == ">=7.0"
+    assert "Notebook 7" in draw.__doc__

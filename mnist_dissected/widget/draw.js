@@ -13,6 +13,9 @@ const grey = (v) => [255 * v, 255 * v, 255 * v];
 const hot = (v) => [255 * Math.min(1, 3 * v), 255 * Math.min(1, Math.max(0, 3 * v - 1)),
                     255 * Math.max(0, 3 * v - 2)];
 
+// The message's look by its kind (DigitPad.message_kind): a neutral hint, or an error in red.
+const MESSAGE_CLASSES = { hint: "digitpad-hint", error: "digitpad-error" };
+
 function el_(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -119,41 +122,64 @@ function render({ model, el }) {
   canvas.addEventListener("pointerup", end);
   canvas.addEventListener("pointercancel", end);
 
+  // An event, not drawing = "": the pad may be clear already with a message to reset.
   clear.addEventListener("click", () => {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
-    model.set("drawing", "");
-    model.save_changes();
+    model.send({ event: "clear" });
   });
   upload.addEventListener("click", () => file.click());
+  // The photo's paper fills the whole canvas: its mean border colour goes around it.
+  const paste = (img) => {
+    const probe = document.createElement("canvas");
+    probe.width = 32;
+    probe.height = 32;
+    const p = probe.getContext("2d");
+    p.drawImage(img, 0, 0, 32, 32);
+    const d = p.getImageData(0, 0, 32, 32).data;
+    const sum = [0, 0, 0];
+    let n = 0;
+    for (let i = 0; i < 32; i++) {
+      for (const [x, y] of [[i, 0], [i, 31], [0, i], [31, i]]) {
+        const o = 4 * (32 * y + x);
+        sum[0] += d[o]; sum[1] += d[o + 1]; sum[2] += d[o + 2]; n++;
+      }
+    }
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.fillStyle = `rgb(${sum[0] / n}, ${sum[1] / n}, ${sum[2] / n})`;
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    const s = Math.min(canvas.width / img.width, canvas.height / img.height);
+    const w = img.width * s, h = img.height * s;
+    ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  };
   file.addEventListener("change", () => {
     const chosen = file.files && file.files[0];
+    // Emptied at once: a file input only reports a change of file, so the same file chosen
+    // again (after a failed try, or a drawing in between) would otherwise do nothing.
+    file.value = "";
     if (!chosen) return;
     const url = URL.createObjectURL(chosen);
     const img = new Image();
-    img.onload = () => {
-      // The photo's paper fills the whole canvas: its mean border colour goes around it.
-      const probe = document.createElement("canvas");
-      probe.width = 32;
-      probe.height = 32;
-      const p = probe.getContext("2d");
-      p.drawImage(img, 0, 0, 32, 32);
-      const d = p.getImageData(0, 0, 32, 32).data;
-      const sum = [0, 0, 0];
-      let n = 0;
-      for (let i = 0; i < 32; i++) {
-        for (const [x, y] of [[i, 0], [i, 31], [0, i], [31, i]]) {
-          const o = 4 * (32 * y + x);
-          sum[0] += d[o]; sum[1] += d[o + 1]; sum[2] += d[o + 2]; n++;
-        }
-      }
-      ctx.clearRect(0, 0, canvas.width, canvas.height);
-      ctx.fillStyle = `rgb(${sum[0] / n}, ${sum[1] / n}, ${sum[2] / n})`;
-      ctx.fillRect(0, 0, canvas.width, canvas.height);
-      const s = Math.min(canvas.width / img.width, canvas.height / img.height);
-      const w = img.width * s, h = img.height * s;
-      ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+    // Not an image the browser can decode (a text file, a web page named .png, a HEIC photo):
+    // Python says so on the pad and drops the answer to the picture before.
+    const unreadable = () => {
+      model.send({ event: "unreadable", name: chosen.name, type: chosen.type });
+    };
+    img.onerror = () => {
       URL.revokeObjectURL(url);
-      file.value = "";
+      unreadable();
+    };
+    img.onload = () => {
+      let pasted = false;
+      try {
+        if (img.naturalWidth && img.naturalHeight) {  // not e.g. an SVG without a size
+          paste(img);
+          pasted = true;
+        }
+      } catch (error) {
+        console.warn("digitpad: the upload could not be drawn", error);
+      }
+      URL.revokeObjectURL(url);  // decoded and drawn (or not): the file's URL is done with
+      if (!pasted) return unreadable();
       setPen();
       send();
     };
@@ -164,6 +190,8 @@ function render({ model, el }) {
     const digit = model.get("prediction");
     prediction.textContent = digit >= 0 ? String(digit) : "–";
     message.textContent = model.get("message");
+    message.className = "digitpad-message " +
+      (MESSAGE_CLASSES[model.get("message_kind")] || MESSAGE_CLASSES.hint);
     paint(seen, model.get("image"), grey);
     paint(saliency, model.get("saliency"), hot);
     const probs = model.get("probabilities") || [];
@@ -174,12 +202,13 @@ function render({ model, el }) {
       row.classList.toggle("digitpad-winner", k === digit);
     });
   };
-  for (const name of ["prediction", "message", "image", "saliency", "probabilities"]) {
+  const NAMES = ["prediction", "message", "message_kind", "image", "saliency", "probabilities"];
+  for (const name of NAMES) {
     model.on("change:" + name, update);
   }
   update();
   return () => {
-    for (const name of ["prediction", "message", "image", "saliency", "probabilities"]) {
+    for (const name of NAMES) {
       model.off("change:" + name, update);
     }
   };
