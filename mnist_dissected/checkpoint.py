@@ -11,6 +11,10 @@ Why this module exists:
   silently), then uses ``torch.load(..., weights_only=True)``: a checkpoint is a pickle, and a
   plain pickle can run any code when loaded. ``weights_only`` only rebuilds tensors and plain
   data, so a malicious file is refused instead of executed.
+- The example's own file, a bare ``state_dict`` (``mnist_cnn.pt``), loads too, through the same
+  checks, when its keys and shapes are exactly those of ``Net`` or ``LeNet``
+  (:func:`~mnist_dissected.example_compat.match_state_dict`); anything else is named for what
+  did not match. :func:`save_state_dict` writes one, for the example's code to load.
 - Saving and loading know nothing of training: the cache of trained models that Part 5 uses
   is :mod:`mnist_dissected.pretrained`.
 """
@@ -29,10 +33,13 @@ import torch
 import torch.nn as nn
 
 from .errors import MnistDissectedError
+from .example_compat import match_state_dict
 from .files import atomic_write
 from .models import MODELS, MNISTModel, unwrap
 
 FORMAT = "mnist-dissected/1"
+#: The ``format`` :func:`read_checkpoint` reports for a bare ``state_dict``, which has none.
+BARE_FORMAT = "bare state_dict"
 #: The most a checkpoint may unpack to. These models' checkpoints take 90 KB (Net) to 250 KB
 #: (LeNet): 64 MB is generous, and still bounds what a broken or hostile file makes
 #: ``torch.load`` read into memory (it reads the whole pickle, however long).
@@ -59,6 +66,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as a plain ``state_dict`` on the CPU, unwrapped (no ``module.`` or
+    ``_orig_mod.`` in the names): what a plain model, on any device, loads."""
+    return {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+
+
+def save_state_dict(path: str | os.PathLike, model: nn.Module) -> Path:
+    """Save ``model``'s bare ``state_dict``, as the example does (``torch.save(model.
+    state_dict(), "mnist_cnn.pt")``), atomically: the file the example's code loads with
+    ``model.load_state_dict(torch.load(path, weights_only=True))``. No metadata: keep the
+    checkpoint it came from for that."""
+    return atomic_save(plain_state_dict(model), path)
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: MNISTModel,
@@ -81,7 +102,7 @@ def save_checkpoint(
         "format": FORMAT,
         "architecture": model.name,
         "model_kwargs": model.config(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "state_dict": plain_state_dict(model),
         "recipe": dataclasses.asdict(recipe) if recipe is not None else None,
         "epochs": len(history) if history is not None else None,
         "history": history,
@@ -199,17 +220,15 @@ def check_integrity(path: Path) -> None:
         )
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file with ``weights_only=True``, after checking that it can be a
-    checkpoint at all, of a sane size, and whole (:func:`check_integrity`), and check it is
-    one of ours."""
-    path = Path(path)
+def _load_safely(path: Path, map_location: str | torch.device) -> Any:
+    """What ``path`` holds, loaded with ``weights_only=True``, after checking that it can be a
+    checkpoint at all, of a sane size, and whole (:func:`check_integrity`)."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     _refuse_non_checkpoint(path)
     check_integrity(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {path}: besides tensors and plain data it holds Python objects, "
@@ -221,10 +240,62 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from e
     except Exception as e:  # zip, pickle and storage readers fail in many ways on bad bytes
         raise _unreadable(path, e) from e
+
+
+def is_bare_state_dict(payload: Any) -> bool:
+    """True if ``payload`` is a ``state_dict`` alone: names to tensors, nothing else."""
+    return (
+        isinstance(payload, dict)
+        and bool(payload)
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in payload.items())
+    )
+
+
+def _describe(payload: Any) -> str:
+    """What a file that is no checkpoint of ours holds, in a few words, for the messages."""
+    if not isinstance(payload, dict):
+        return f"a {type(payload).__name__}"
+    keys = [repr(k) for k in list(payload)[:5]]
+    more = f" and {len(payload) - 5} more" if len(payload) > 5 else ""
+    return f"a dict with the keys {', '.join(keys)}{more}" if keys else "an empty dict"
+
+
+def bare_payload(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """A bare ``state_dict`` as a checkpoint's payload: the model its keys and shapes are
+    exactly (:func:`~mnist_dissected.example_compat.match_state_dict`), the metadata it does
+    not have as ``None``. Raises :class:`CheckpointError`, naming what did not match."""
+    model, problem = match_state_dict(state)
+    if model is None:
+        ours = " or ".join(cls.__name__ for cls in MODELS.values())
+        raise CheckpointError(
+            f"{path} is a bare state_dict, but not of a {ours}: {problem}; load it "
+            "with the code that saved it, or train a model here: python -m mnist_dissected "
+            "train --save-model"
+        )
+    unknown = dict.fromkeys(("recipe", "epochs", "history", "seed", "test", "torch_version"))
+    return {
+        "format": BARE_FORMAT,
+        "architecture": model.name,
+        "model_kwargs": {},
+        "state_dict": state,
+        **unknown,
+    }
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file safely (``weights_only=True``, after :func:`check_integrity`)
+    and check it is one of ours, or a bare ``state_dict`` of one of the package's models
+    (returned as a payload whose ``format`` is :data:`BARE_FORMAT`, see :func:`bare_payload`).
+    """
+    path = Path(path)
+    payload = _load_safely(path, map_location)
+    if is_bare_state_dict(payload):
+        return bare_payload(payload, path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not an mnist-dissected checkpoint (no {FORMAT!r} format tag); for a "
-            "bare state_dict use model.load_state_dict(torch.load(path, weights_only=True))"
+            f"{path} is neither an mnist-dissected checkpoint (no {FORMAT!r} format tag) nor "
+            f"a bare state_dict (it holds {_describe(payload)}); save the model with "
+            "save_checkpoint, or its state_dict alone with torch.save(model.state_dict(), path)"
         )
     return payload
 
@@ -264,8 +335,9 @@ def load_checkpoint(
     """Weights from ``path`` into ``model`` (or into a fresh model of the saved architecture).
 
     Returns the model (in eval mode) and the checkpoint's metadata (everything but the
-    weights). A checkpoint of another architecture, or a damaged one, raises
-    :class:`CheckpointError`.
+    weights). A bare ``state_dict`` (the example's ``mnist_cnn.pt``) loads as the model its keys
+    and shapes are, with no metadata (``None`` for each field; ``format``: :data:`BARE_FORMAT`).
+    A checkpoint of another architecture, or a damaged one, raises :class:`CheckpointError`.
     """
     path = Path(path)
     payload = read_checkpoint(path, map_location)

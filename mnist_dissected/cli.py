@@ -1,10 +1,13 @@
-"""Command line: ``python -m mnist_dissected train`` (the example's flags) and ``bench``: the
-line each part ends with (Part 4, §4.13; under ``torchrun``, Part 6).
+"""Command line: ``python -m mnist_dissected train`` (the example's flags), ``bench``, and
+``score`` and ``export`` for checkpoints: the line each part ends with (Part 4, §4.13; under
+``torchrun``, Part 6).
 
 Why this module exists: the notebooks end with "the CLI line that reproduces this", so a reader
 can train without Jupyter, the way pytorch/examples' ``mnist/main.py`` does. The flags of the
-example the series dissects (d8dd8ca^: ``--no-cuda``) and of today's example (``--no-accel``,
-``--dry-run``, ``--gamma``, ``--save-model``) are accepted, so a command line from either works.
+example the series dissects (d8dd8ca^: ``--momentum``, ``--no-cuda``) and of later ones
+(``--save-model``, ``--gamma``, ``--dry-run``, ``--no-mps``, ``--no-accel``) are accepted: a
+command line copied from either version does what it did there, or is refused with what to type
+instead (today's ``--lr 1.0`` is Adadelta's; see :mod:`~mnist_dissected.example_compat`).
 Every bad value is a usage error before any work starts: a run of minutes is never lost to a
 typo. Under ``torchrun`` the same command trains with DistributedDataParallel (Part 6).
 """
@@ -19,8 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .argtypes import gamma_value, momentum_value, positive_float, positive_int, seed_value
+from .cli_checkpoints import (
+    add_export_flags,
+    add_score_flags,
+    check_save_path,
+    run_export,
+    run_score,
+)
 from .devices import DEVICE_ENV_VAR, pick_device
 from .errors import MnistDissectedError, UsageError
+from .example_compat import check_sgd_rate, without_mps
 from .models import MODELS
 from .recipes import RECIPES, Recipe, get_recipe
 
@@ -33,10 +44,11 @@ DEVICE_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``train`` and ``bench`` command lines: every value is checked as it is parsed, so
-    that a typo is a usage error before any work starts."""
+    """The ``train``, ``bench``, ``score`` and ``export`` command lines: every value is checked
+    as it is parsed, so that a typo is a usage error before any work starts."""
     parser = argparse.ArgumentParser(
-        prog="python -m mnist_dissected", description="Train and benchmark the MNIST example."
+        prog="python -m mnist_dissected",
+        description="Train, benchmark, score and export the MNIST example's models.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_flags(
@@ -56,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
             description="For Net on this machine: seconds per epoch of the example's recipe "
             "through the DataLoader and through whole tensors, the fast recipe eager and (where "
             "available) compiled or graphed, and seconds to reach 99%% for several seeds.",
+        )
+    )
+    add_score_flags(
+        sub.add_parser(
+            "score",
+            help="score a checkpoint on the test set, in the example's test line",
+            description="Score a checkpoint (the package's, or the example's bare state_dict "
+            "mnist_cnn.pt) on the 10,000 test images; print the example's test line.",
+        ),
+        device_help=DEVICE_HELP,
+    )
+    add_export_flags(
+        sub.add_parser(
+            "export",
+            help="write a checkpoint's weights as the bare state_dict the example loads",
+            description="Write CHECKPOINT's weights to OUT as a bare state_dict, the file the "
+            "example saves and loads: model.load_state_dict(torch.load(OUT, weights_only=True)).",
         )
     )
     return parser
@@ -82,7 +111,13 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
         help="input batch size for validation and testing (default 1000)",
     )
     t.add_argument("--epochs", **number, help="number of epochs to train (classic 10, fast 3)")
-    t.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate (0.01)")
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        metavar="LR",
+        help="learning rate (classic 0.01, fast 0.01 at the peak); the classic SGD takes 0.5 "
+        "or more (today's example's Adadelta rates) only beside --momentum",
+    )
     t.add_argument(
         "--momentum", type=momentum_value, metavar="M", help="SGD momentum (classic 0.5)"
     )
@@ -111,7 +146,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
         nargs="?",
         const="mnist_cnn.pt",
         metavar="PATH",
-        help="save the trained model (default path mnist_cnn.pt)",
+        help="save the trained model (default path mnist_cnn.pt): a checkpoint, its weights "
+        "under ['state_dict'] (export writes the example's bare state_dict)",
     )
     t.add_argument(
         "--dry-run",
@@ -133,11 +169,15 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--no-accel",
         "--no-cuda",
-        "--no-mps",
         dest="no_accel",
         action="store_true",
-        help="train on the CPU even where CUDA or MPS is present (the example's "
-        "--no-cuda of old and --no-accel of today)",
+        help="train on the CPU even where CUDA or MPS is present (today's example's "
+        "--no-accel; --no-cuda of d8dd8ca^, which knew no other accelerator)",
+    )
+    t.add_argument(
+        "--no-mps",
+        action="store_true",
+        help="never MPS: CUDA where present, else the CPU (the example's flag of 2022-2025)",
     )
     t.add_argument(
         "--data",
@@ -164,48 +204,14 @@ def add_bench_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
-def check_save_path(text: str) -> tuple[Path, str | None]:
-    """``--save-model``'s path checked before training (a temporary file is made there and
-    deleted, so that what would fail at saving fails now); returns it and a note to print, or
-    raises :class:`~mnist_dissected.errors.UsageError` saying what is wrong with it: an empty
-    path (an unset shell variable, which would train and save nothing), a folder, a device, FIFO
-    or socket (never replaced), a place that cannot be written. A symbolic link is fine: the
-    checkpoint is written to the file it points to."""
-    from .files import NotARegularFileError, check_writable, write_target
-
-    if not text:
-        raise UsageError(
-            "--save-model was given an empty path (an unset shell variable?); give a file "
-            "name, e.g. --save-model mnist_cnn.pt, or leave the flag out"
-        )
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise UsageError(f"{text} is a folder; give a file name, e.g. {path / 'mnist_cnn.pt'}")
-    try:
-        target = write_target(path)  # where path is a symbolic link, the file it points to
-    except NotARegularFileError as e:
-        raise UsageError(str(e)) from None
-    parent = target.parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise UsageError(f"cannot save under {existing}: it is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write into {existing}: permission denied")
-    try:
-        check_writable(target)  # leaves nothing behind, not even the folders it made
-    except OSError as e:
-        raise UsageError(f"cannot save to {text}: {e.strerror or e}") from None
-    note = None if parent.is_dir() else f"Note: the folder {parent} will be created"
-    return path, note
-
-
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe a ``train`` command line asks for: the named recipe with the flags given
     replacing its fields (Part 4, §4.13 shows that it is the notebook's recipe). The recipe
     checks itself (:class:`~mnist_dissected.recipes.Recipe`): a contradiction, such as
     ``--momentum`` with the fast recipe's Adam, raises a
     :class:`~mnist_dissected.errors.RecipeError`, which :func:`run_train` shows as a usage
-    error."""
+    error; so is today's example's ``--lr 1.0``, Adadelta's rate, on its way to SGD
+    (:func:`~mnist_dissected.example_compat.check_sgd_rate`)."""
     overrides = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -218,7 +224,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     }
     if args.gamma is not None and RECIPES[args.recipe].schedule is None:
         overrides["schedule"] = "step"  # --gamma asks for today's example's StepLR
-    return get_recipe(args.recipe, **overrides)
+    recipe = get_recipe(args.recipe, **overrides)
+    check_sgd_rate(recipe, momentum_given=args.momentum is not None)
+    return recipe
 
 
 def save_elsewhere(run: Trained, save_path: Path, error: OSError, **metadata: Any) -> int:
@@ -254,6 +262,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     distributed = "TORCHELASTIC_RUN_ID" in os.environ  # started by torchrun: one of several
     try:
         device = pick_device(args.device, no_accel=args.no_accel)
+        if args.no_mps:
+            device = without_mps(device, given=bool(args.device))
         recipe = recipe_from_args(args)
         if distributed and (args.compile or args.cuda_graph):
             raise UsageError(
@@ -317,10 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparser = parser._subparsers._group_actions[0].choices[args.command]
     if unknown:  # the subcommand's usage, not the top level's
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    run = {"train": run_train, "bench": run_bench_command, "score": run_score, "export": run_export}
     try:
-        if args.command == "train":
-            return run_train(args, subparser)
-        return run_bench_command(args, subparser)
+        return run[args.command](args, subparser)
     except MnistDissectedError as e:  # expected: one line; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -6,8 +6,10 @@ fast recipe once per seed and caches the checkpoint; two processes asking at onc
 notebooks side by side) train it once. The cache key is the recipe's training fields and the
 seed, so an edited recipe is retrained, never silently reused (a run option such as
 ``log_interval`` retrains nothing); a file it did not write itself is never
-replaced, only used if it holds the very model asked for. Saving and loading themselves are
-:mod:`mnist_dissected.checkpoint`'s job; training is :mod:`mnist_dissected.train`'s.
+replaced, only used if it holds the very model asked for, or if it is a bare ``state_dict`` of
+one of the package's models (the example's own ``mnist_cnn.pt``), which is used as it is.
+Saving and loading themselves are :mod:`mnist_dissected.checkpoint`'s job; training is
+:mod:`mnist_dissected.train`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    BARE_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .devices import pick_device
 from .files import file_lock
 from .mnist_files import data_root
@@ -79,10 +87,13 @@ def load_or_train(
     """The ``Net`` trained with ``recipe`` and ``seed``: from the cache if it is there and was
     trained exactly so (every training field of the recipe, and the seed), else trained and cached.
 
-    A file at ``path`` that is not the model asked for is replaced only if load_or_train
-    wrote it (or it is in the cache, ``path=None``): anything else, e.g. a checkpoint saved
-    with another recipe or a bare ``state_dict``, raises :class:`~mnist_dissected.checkpoint.
-    CheckpointError` and is left as it is. Nobody's file is trained over.
+    A bare ``state_dict`` at ``path`` (the example's ``mnist_cnn.pt``, or ``export``'s) whose
+    keys and shapes are a ``Net``'s or a ``LeNet``'s is returned as that model, whatever
+    ``recipe`` and ``seed`` say: it records neither (its metadata is ``None`` but for
+    ``format`` and ``architecture``). Any other file at ``path`` that is not the model asked for
+    is replaced only if load_or_train wrote it (or it is in the cache, ``path=None``): anything
+    else, e.g. a checkpoint saved with another recipe, raises :class:`~mnist_dissected.
+    checkpoint.CheckpointError` and is left as it is. Nobody's file is trained over.
 
     Returns the model in eval mode on ``device`` (default :func:`~mnist_dissected.devices.
     pick_device`'s choice), the same device whether it was trained now or read from the cache,
@@ -101,7 +112,7 @@ def load_or_train(
                     raise _not_ours(path, f"cannot be used ({e})") from e
                 print(f"cannot use the cached checkpoint ({e}); training again", file=sys.stderr)
             else:
-                if _matches(meta, recipe, seed):
+                if _matches(meta, recipe, seed) or (not cache and meta["format"] == BARE_FORMAT):
                     return model.to(device), meta
                 if not cache and meta.get("written_by") != WRITTEN_BY:
                     wanted = f"Net trained with this recipe and seed {seed}"

@@ -88,13 +88,141 @@ def test_truncated_checkpoint_is_a_clear_error(saved):
         checkpoint.load_checkpoint(path, Net())
 
 
-def test_file_that_is_no_checkpoint(tmp_path):
-    bare = tmp_path / "bare.pt"
-    torch.save(Net().state_dict(), bare)
-    with pytest.raises(checkpoint.CheckpointError, match="not an mnist-dissected checkpoint"):
-        checkpoint.load_checkpoint(bare)
+@pytest.mark.parametrize(
+    "payload, holds",
+    [
+        ({"model": Net().state_dict(), "epoch": 3}, "a dict with the keys 'model', 'epoch'"),
+        ([1, 2, 3], "a list"),
+        ({}, "an empty dict"),
+        ({"format": "else/2", "state_dict": {}}, "a dict with the keys 'format', 'state_dict'"),
+    ],
+    ids=["training-dict", "list", "empty", "other-format"],
+)
+def test_file_that_is_no_checkpoint(tmp_path, payload, holds):
+    path = tmp_path / "other.pt"
+    torch.save(payload, path)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path} is neither an mnist-dissected checkpoint")
+    assert f"nor a bare state_dict (it holds {holds}" in message
+    assert "torch.save(model.state_dict(), path)" in message
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         checkpoint.load_checkpoint(tmp_path / "missing.pt")
+
+
+# --------------------------------------------------------------------------- bare state_dicts
+
+
+@pytest.mark.parametrize("cls", [Net, LeNet])
+def test_a_bare_state_dict_loads_as_the_model_its_keys_and_shapes_are(tmp_path, cls):
+    """The example's own file, ``torch.save(model.state_dict(), "mnist_cnn.pt")``."""
+    torch.manual_seed(3)
+    saved = cls()
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save(saved.state_dict(), path)
+    loaded, meta = checkpoint.load_checkpoint(path)
+    assert type(loaded) is cls and not loaded.training
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert meta["format"] == checkpoint.BARE_FORMAT and meta["architecture"] == cls.name
+    assert meta["recipe"] is meta["seed"] is meta["test"] is meta["history"] is None
+    into, _ = checkpoint.load_checkpoint(path, cls())
+    assert torch.equal(into.conv1.weight, saved.conv1.weight)
+    other = LeNet if cls is Net else Net
+    with pytest.raises(checkpoint.CheckpointError, match=f"weights of a {cls.__name__}, not of"):
+        checkpoint.load_checkpoint(path, other())
+
+
+def renamed(state: dict, old: str, new: str) -> dict:
+    return {new if k == old else k: v for k, v in state.items()}
+
+
+class TodaysExampleNet(torch.nn.Module):
+    """pytorch/examples' mnist/main.py Net since 0634306 (Nov 2019), its layers as at 77f55b9."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = torch.nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = torch.nn.Dropout(0.25)
+        self.dropout2 = torch.nn.Dropout(0.5)
+        self.fc1 = torch.nn.Linear(9216, 128)
+        self.fc2 = torch.nn.Linear(128, 10)
+
+
+@pytest.mark.parametrize(
+    "make, complaint",
+    [
+        (
+            lambda: renamed(Net().state_dict(), "fc2.bias", "fc3.bias"),
+            "compared with a Net, it lacks fc2.bias, and has unexpected fc3.bias",
+        ),
+        (
+            lambda: {k: v for k, v in Net().state_dict().items() if k != "conv2.weight"},
+            "compared with a Net, it lacks conv2.weight;",
+        ),
+        (
+            lambda: {f"module.{k}": v for k, v in Net().state_dict().items()},
+            "it lacks conv1.weight, conv1.bias, conv2.weight, conv2.bias and 4 more, and has "
+            "unexpected module.conv1.weight",
+        ),
+        (
+            lambda: {**Net().state_dict(), "fc1.weight": torch.zeros(50, 321)},
+            "its fc1.weight has shape [50, 321] where a Net's has [50, 320];",
+        ),
+        (
+            lambda: {**LeNet().state_dict(), "fc3.weight": torch.zeros(12, 84)},
+            "its fc3.weight has shape [12, 84] where a LeNet's has [10, 84];",
+        ),
+        (
+            lambda: TodaysExampleNet().state_dict(),
+            "its conv1.weight has shape [32, 1, 3, 3] where a Net's has [10, 1, 5, 5], so it is "
+            "today's example's network (pytorch/examples since 0634306, Nov 2019), which this "
+            "package does not build;",
+        ),
+    ],
+    ids=["renamed-key", "missing-key", "ddp-prefix", "wrong-shape", "lenet-shape", "todays-net"],
+)
+def test_a_bare_state_dict_of_no_model_here_names_what_did_not_match(tmp_path, make, complaint):
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save(make(), path)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path} is a bare state_dict, but not of a Net or LeNet: ")
+    assert complaint in message and "\n" not in message
+    assert message.endswith("train a model here: python -m mnist_dissected train --save-model")
+
+
+def test_a_bare_state_dict_is_checked_like_a_checkpoint(tmp_path, monkeypatch):
+    """Checksums and the size bound first, then ``weights_only``: the same way in."""
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save(Net().state_dict(), path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="does not match the checksum"):
+        checkpoint.load_checkpoint(path)
+    torch.save(Net().state_dict(), path)
+    seen = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or real_load(*a, **k))
+    checkpoint.load_checkpoint(path)
+    assert seen == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_save_state_dict_writes_the_examples_file(tmp_path):
+    """What the example's code loads: plain ``torch.load(weights_only=True)``, strict."""
+    torch.manual_seed(1)
+    net = Net()
+    path = checkpoint.save_state_dict(tmp_path / "mnist_cnn.pt", torch.nn.DataParallel(net))
+    state = torch.load(path, weights_only=True)
+    assert list(state) == list(Net().state_dict())  # unwrapped: no module. prefix
+    fresh = Net()
+    fresh.load_state_dict(state)  # strict
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist_cnn.pt"], "no temporary file left"
 
 
 class Exploit:

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -181,21 +182,35 @@ def test_mps_where_there_is_none_is_one_line_not_a_backend_listing(capsys):
 
 
 @pytest.mark.parametrize(
-    "flags",
+    "flags, cuda, device",
     [
-        ["--no-cuda"],
-        ["--no-mps"],
-        ["--no-accel"],  # d8dd8ca^ and today's example
+        ([], True, "cuda"),
+        (["--no-cuda"], True, "cpu"),  # d8dd8ca^: the CPU, the only other device it knew
+        (["--no-accel"], True, "cpu"),  # today's example
+        (["--no-mps"], True, "cuda"),  # 2022-2025: not MPS; CUDA where present
+        (["--no-mps"], False, "cpu"),  # ... else the CPU, even where MPS is present
+        ([], False, "mps"),
     ],
 )
-def test_the_examples_device_flags_pick_the_cpu(flags, monkeypatch):
+def test_the_examples_device_flags_pick_what_they_picked_there(
+    flags, cuda, device, monkeypatch, capsys
+):
     monkeypatch.delenv("MNIST_DISSECTED_DEVICE", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    unflagged = cli.build_parser().parse_args(["train"])
-    assert devices.pick_device(unflagged.device, no_accel=unflagged.no_accel).type == "cuda"
-    args = cli.build_parser().parse_args(["train", *flags])
-    assert devices.pick_device(args.device, no_accel=args.no_accel) == torch.device("cpu")
+    seen = {}
+    monkeypatch.setattr(
+        "mnist_dissected.train.train_model",
+        lambda model, recipe, **kwargs: seen.update(kwargs) or Trained(Net(), [], recipe, {}),
+    )
+    assert cli.main(["train", *flags]) == 0
+    assert seen["device"] == torch.device(device)
+
+
+def test_no_mps_beside_device_mps_is_a_contradiction(monkeypatch, capsys, no_training):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    line = usage_error(["train", "--device", "mps", "--no-mps"], capsys)
+    assert line.endswith("--device mps and --no-mps contradict each other")
 
 
 def test_gamma_drives_a_step_schedule_as_in_todays_example():
@@ -268,6 +283,15 @@ def test_dry_run_end_to_end_from_the_shell(tmp_path):
     assert lines[3] == f"Saved {target}"
     model, meta = load_checkpoint(target)
     assert isinstance(model, Net) and meta["epochs"] == 1
+    scored = shell("score", str(target), "--device", "cpu", timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert re.fullmatch(
+        r"\nTest set: Average loss: \d+\.\d{4}, Accuracy: \d+/10000 \(\d+%\)\n\n", scored.stdout
+    )
+    exported = shell("export", str(target), str(tmp_path / "bare.pt"), timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    bare = torch.load(tmp_path / "bare.pt", weights_only=True)
+    assert all(torch.equal(bare[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_largest_batch_is_the_whole_training_split():
@@ -513,3 +537,20 @@ def test_ctrl_c_during_training_is_one_line_and_leaves_everything_as_it_was(tmp_
     assert err == "interrupted: nothing was saved\n"
     assert target.read_bytes() == b"the model of an earlier run"
     assert temporaries_of(target) == [] and list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_every_command_line_in_the_readme_parses():
+    """The README's Command line section: each `python -m mnist_dissected ...` it shows is
+    accepted as written (train's builds its recipe)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    lines = [
+        line.split("#")[0].split(" mnist_dissected ", 1)[1].split()
+        for line in section.splitlines()
+        if " mnist_dissected " in line and line.startswith(".venv/bin/")
+    ]
+    assert {argv[0] for argv in lines} == {"train", "bench", "score", "export"}
+    for argv in lines:
+        args = cli.build_parser().parse_args(argv)
+        if args.command == "train":
+            cli.recipe_from_args(args)

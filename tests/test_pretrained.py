@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from mnist_dissected import pretrained as P
-from mnist_dissected.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from mnist_dissected.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from mnist_dissected.models import LeNet, Net
 from mnist_dissected.recipes import RECIPES, RUN_OPTIONS, get_recipe
 from mnist_dissected.train import Trained
@@ -126,8 +131,13 @@ def test_load_or_train_replaces_an_unreadable_cache(tmp_path, monkeypatch):
     assert calls == [1] and read_checkpoint(path)["seed"] == 1
 
 
-def save_bare_state_dict(path):
-    torch.save(Net().state_dict(), path)
+def save_bare_state_dict_of_another_network(path):
+    """A state_dict with Net's keys and other shapes (d8dd8ca's network, Dec 2018)."""
+    shapes = {"conv1": (20, 1, 5, 5), "conv2": (50, 20, 5, 5), "fc1": (500, 800), "fc2": (10, 500)}
+    state = {}
+    for layer, shape in shapes.items():
+        state[f"{layer}.weight"], state[f"{layer}.bias"] = torch.zeros(shape), torch.zeros(shape[0])
+    torch.save(state, path)
 
 
 def save_with_another_recipe(path):
@@ -144,7 +154,12 @@ def save_garbage(path):
 
 @pytest.mark.parametrize(
     "make",
-    [save_bare_state_dict, save_with_another_recipe, save_lenet_as_fast, save_garbage],
+    [
+        save_bare_state_dict_of_another_network,
+        save_with_another_recipe,
+        save_lenet_as_fast,
+        save_garbage,
+    ],
 )
 def test_a_file_load_or_train_did_not_write_is_never_trained_over(tmp_path, monkeypatch, make):
     calls = []
@@ -167,6 +182,41 @@ def test_a_users_checkpoint_of_the_very_model_asked_for_is_used(tmp_path, monkey
     before = path.read_bytes()
     model, meta = P.load_or_train(path, seed=1)
     assert calls == [] and path.read_bytes() == before and meta["seed"] == 1
+
+
+@pytest.mark.parametrize("cls", [Net, LeNet])
+def test_the_examples_bare_state_dict_is_used_as_that_model_never_trained_over(
+    tmp_path, monkeypatch, cls
+):
+    """A reader's own ``mnist_cnn.pt`` (or ``export``'s) works with Part 5 and the widget."""
+    calls = []
+    fake_training(monkeypatch, calls)
+    monkeypatch.setattr(P, "pick_device", lambda device=None: torch.device("meta"))
+    torch.manual_seed(5)
+    saved = cls()
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save(saved.state_dict(), path)
+    before = path.read_bytes()
+    for recipe, seed in (("fast", 1), ("classic", 7)):  # it records neither: used as it is
+        model, meta = P.load_or_train(path, recipe=recipe, seed=seed)
+        assert type(model) is cls and not model.training
+        assert next(model.parameters()).device.type == "meta", "moved to the device"
+        assert meta["format"] == "bare state_dict" and meta["recipe"] is meta["seed"] is None
+    assert calls == [] and path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["mnist_cnn.pt"], "no lock file left either"
+    loaded, _ = load_checkpoint(path)
+    assert torch.equal(loaded.conv1.weight, saved.conv1.weight)
+
+
+def test_a_bare_state_dict_in_the_cache_is_replaced_like_any_stale_entry(tmp_path, monkeypatch):
+    """The cache's files are all load_or_train's: one it cannot match is trained again."""
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = P.default_checkpoint_path(RECIPES["fast"], seed=1, root=tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save(Net().state_dict(), path)
+    P.load_or_train(seed=1, root=tmp_path)
+    assert calls == [1] and read_checkpoint(path)["seed"] == 1
 
 
 def test_no_lock_file_or_folder_is_left_behind(tmp_path, monkeypatch):

@@ -1,0 +1,382 @@
+"""The example itself: its Net's weights, its test line, its files and its command lines, in
+both versions (pytorch/examples ``mnist/main.py`` at d8dd8ca^, the one the series dissects, and
+today's, 77f55b9), against the package."""
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mnist_dissected import cli, example_compat, models
+from mnist_dissected.checkpoint import load_checkpoint, save_checkpoint
+from mnist_dissected.data import load_mnist, make_loader, mnist_transform
+from mnist_dissected.recipes import RECIPES, get_recipe
+from mnist_dissected.train import Trained, evaluate
+
+# --------------------------------------------------------------------------- the example's code
+
+#: The example's state_dict at d8dd8ca^, written out: what a Net there saves.
+EXAMPLE_NET_STATE = [
+    ("conv1.weight", (10, 1, 5, 5)),
+    ("conv1.bias", (10,)),
+    ("conv2.weight", (20, 10, 5, 5)),
+    ("conv2.bias", (20,)),
+    ("fc1.weight", (50, 320)),
+    ("fc1.bias", (50,)),
+    ("fc2.weight", (10, 50)),
+    ("fc2.bias", (10,)),
+]
+
+
+class ExampleNet(nn.Module):
+    """pytorch/examples mnist/main.py's Net at d8dd8ca^, verbatim but for its name, ``super()``
+    and ruff's formatting."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = nn.Dropout2d()
+        self.fc1 = nn.Linear(320, 50)
+        self.fc2 = nn.Linear(50, 10)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = x.view(-1, 320)
+        x = F.relu(self.fc1(x))
+        x = F.dropout(x, training=self.training)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def example_test(args, model, device, test_loader):
+    """The example's ``test()`` at d8dd8ca^, verbatim but for ruff's formatting."""
+    model.eval()
+    test_loss = 0
+    correct = 0
+    with torch.no_grad():
+        for data, target in test_loader:
+            data, target = data.to(device), target.to(device)
+            output = model(data)
+            test_loss += F.nll_loss(output, target, reduction="sum").item()  # sum up batch loss
+            pred = output.max(1, keepdim=True)[1]  # get the index of the max log-probability
+            correct += pred.eq(target.view_as(pred)).sum().item()
+
+    test_loss /= len(test_loader.dataset)
+    print(
+        "\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n".format(  # noqa: UP032
+            test_loss, correct, len(test_loader.dataset), 100.0 * correct / len(test_loader.dataset)
+        )
+    )
+
+
+def shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def test_the_examples_net_has_exactly_the_keys_and_shapes_of_models_net():
+    assert shapes(ExampleNet()) == EXAMPLE_NET_STATE == shapes(models.Net())
+
+
+def test_the_examples_weights_load_into_models_net_and_give_its_outputs(tmp_path):
+    torch.manual_seed(0)
+    theirs = ExampleNet().eval()
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save(theirs.state_dict(), path)  # what the example's --save-model does (d8dd8ca on)
+    ours, meta = load_checkpoint(path)
+    assert type(ours) is models.Net and meta["format"] == "bare state_dict"
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize(
+    "loss, correct, n", [(0.0254, 9914, 10000), (2.3054, 767, 10000), (0.05, 9850, 10000)]
+)
+def test_the_examples_test_line_has_whole_percents(loss, correct, n):
+    upstream = "\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n"  # d8dd8ca^ and today
+    line = example_compat.example_test_line(loss, correct, n)
+    assert line == upstream.format(loss, correct, n, 100.0 * correct / n)
+
+
+def test_the_readmes_line_in_the_examples_format():
+    assert example_compat.example_test_line(0.0254, 9914, 10000) == (
+        "\nTest set: Average loss: 0.0254, Accuracy: 9914/10000 (99%)\n"
+    )
+
+
+# --------------------------------------------------------------------------- score
+
+
+@pytest.fixture(scope="module")
+def untrained_net_files(tmp_path_factory):
+    """A fixed-seed untrained Net, as the package's checkpoint and as a bare state_dict."""
+    folder = tmp_path_factory.mktemp("nets")
+    torch.manual_seed(0)
+    net = models.Net()
+    torch.save(net.state_dict(), folder / "mnist_cnn.pt")
+    return net, save_checkpoint(folder / "net.pt", net), folder / "mnist_cnn.pt"
+
+
+@pytest.mark.parametrize("which", [1, 2], ids=["checkpoint", "bare"])
+def test_score_prints_what_the_examples_test_prints(untrained_net_files, which, capsys):
+    """The format and the count: byte for byte the example's ``test()`` on the same weights,
+    and train.evaluate's numbers."""
+    net = untrained_net_files[0]
+    test_loader = make_loader(load_mnist(train=False, transform=mnist_transform()), 1000)
+    theirs = ExampleNet()
+    theirs.load_state_dict(net.state_dict())
+    example_test(None, theirs, "cpu", test_loader)
+    expected = capsys.readouterr().out
+    assert cli.main(["score", str(untrained_net_files[which]), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out == expected, "byte for byte, blank lines included"
+    loss, accuracy = evaluate(net, test_loader, device="cpu")
+    correct = round(accuracy * 10_000)
+    assert out == (
+        f"\nTest set: Average loss: {loss:.4f}, Accuracy: {correct}/10000 "
+        f"({round(100 * correct / 10_000)}%)\n\n"
+    )
+
+
+def test_score_pads_for_lenet_and_takes_the_test_batch_size(tmp_path, capsys):
+    torch.manual_seed(0)
+    lenet = models.LeNet()
+    path = tmp_path / "lenet.pt"
+    torch.save(lenet.state_dict(), path)
+    assert cli.main(["score", str(path), "--device", "cpu", "--test-batch-size", "4096"]) == 0
+    test_set = load_mnist(train=False, transform=mnist_transform(pad=2))
+    loss, accuracy = evaluate(lenet, make_loader(test_set, 1000), device="cpu")
+    assert (
+        capsys.readouterr().out
+        == example_compat.example_test_line(loss, round(accuracy * 10_000), 10_000) + "\n"
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_writes_the_bare_state_dict_the_examples_code_loads(untrained_net_files, capsys):
+    net, checkpoint_path, _ = untrained_net_files
+    out = checkpoint_path.with_name("exported.pt")
+    assert cli.main(["export", str(checkpoint_path), str(out)]) == 0
+    assert f"Wrote {out}: the bare state_dict of a Net" in capsys.readouterr().out
+    state = torch.load(out, weights_only=True)  # the example's code, as it loads it
+    ours, theirs = models.Net(), ExampleNet()
+    ours.load_state_dict(state)
+    theirs.load_state_dict(state)
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(state[name], tensor) and torch.equal(ours.state_dict()[name], tensor)
+    assert cli.main(["export", str(out), str(out.with_name("again.pt"))]) == 0, "bare to bare"
+
+
+@pytest.mark.parametrize("how", ["same-name", "symlink", "hard-link"])
+def test_export_never_writes_over_the_checkpoint_it_reads(tmp_path, capsys, how):
+    source = save_checkpoint(tmp_path / "net.pt", models.Net())
+    before = source.read_bytes()
+    out = {"same-name": source, "symlink": tmp_path / "out.pt", "hard-link": tmp_path / "h.pt"}
+    if how == "symlink":
+        out[how].symlink_to(source)
+    elif how == "hard-link":
+        os.link(source, out[how])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["export", str(source), str(out[how])])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"OUT and CHECKPOINT are the same file ({source}), and export never writes over what "
+            f"it reads; give OUT another name, e.g. {tmp_path / 'net_state_dict.pt'}"
+        )
+    )
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, complaint",
+    [
+        (["score", "missing.pt"], "there is no file missing.pt; give a checkpoint"),
+        (["score", "."], ". is a folder; give a checkpoint file"),
+        (["export", "missing.pt", "out.pt"], "there is no file missing.pt"),
+        (["export", "net.pt", ""], "OUT was given an empty path"),
+        (["export", "net.pt", "."], ". is a folder; give a file name"),
+        (["score", "net.pt", "--test-batch-size", "0"], "must be at least 1"),
+        (["score", "net.pt", "--device", "banana"], "is not a device"),
+    ],
+)
+def test_score_and_export_mistakes_are_usage_errors(tmp_path, monkeypatch, capsys, argv, complaint):
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("net.pt", models.Net())
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and complaint in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["net.pt"], "nothing written"
+
+
+def test_a_file_of_another_network_is_one_line_and_exit_status_1(tmp_path, capsys):
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save({**models.Net().state_dict(), "fc2.weight": torch.zeros(11, 50)}, path)
+    assert cli.main(["score", str(path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} is a bare state_dict, but not of a Net or LeNet: ")
+    assert err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- command lines
+
+#: Each version's flags (argparse at d8dd8ca^ and at 77f55b9), with the default written out;
+#: ``None``: a flag without a value.
+FLAGS = {
+    "d8dd8ca^": {
+        "--batch-size": "64",
+        "--test-batch-size": "1000",
+        "--epochs": "10",
+        "--lr": "0.01",
+        "--momentum": "0.5",
+        "--no-cuda": None,
+        "--seed": "1",
+        "--log-interval": "10",
+    },
+    "77f55b9": {
+        "--batch-size": "64",
+        "--test-batch-size": "1000",
+        "--epochs": "14",
+        "--lr": "1.0",
+        "--gamma": "0.7",
+        "--no-accel": None,
+        "--dry-run": None,
+        "--seed": "1",
+        "--log-interval": "10",
+        "--save-model": None,
+    },
+}
+#: What the error says to type for today's --lr 1.0 (example_compat.check_sgd_rate).
+ADADELTA = (
+    "--lr 1.0 is a rate for today's example's Adadelta; the classic recipe trains with SGD "
+    "(momentum 0.5), which learns little or nothing at 0.5 and above: use --lr 0.01 (and --gamma "
+    "0.7 for today's StepLR), or add --momentum 0.5 to train SGD at --lr 1.0 anyway"
+)
+STEP = {"schedule": "step", "gamma": 0.7}
+#: (where it comes from, the command line after ``train``, what it trains: the classic
+#: recipe's fields it changes and the run's options, or the usage error it gets). On a machine
+#: with CUDA, so that the device flags show.
+COMMAND_LINES = [
+    ("README, both versions", "", {}),
+    ("CI from 79d71b8 (2019)", "--epochs 1", {"epochs": 1}),
+    ("CI at 77f55b9", "--epochs 1 --dry-run", {"epochs": 1, "dry_run": True}),
+    ("d8dd8ca^", "--batch-size 64", {}),
+    ("d8dd8ca^", "--test-batch-size 1000", {}),
+    ("d8dd8ca^", "--epochs 10", {}),
+    ("d8dd8ca^", "--lr 0.01", {}),
+    ("d8dd8ca^", "--momentum 0.5", {}),
+    ("d8dd8ca^", "--no-cuda", {"device": "cpu"}),
+    ("d8dd8ca^", "--seed 1", {}),
+    ("d8dd8ca^", "--log-interval 10", {}),
+    (
+        "d8dd8ca^, every default",
+        "--batch-size 64 --test-batch-size 1000 --epochs 10 --lr 0.01 --momentum 0.5 --seed 1 "
+        "--log-interval 10",
+        {},
+    ),
+    ("d8dd8ca^, a rate of its SGD", "--lr 0.05 --momentum 0.9", {"lr": 0.05, "momentum": 0.9}),
+    ("d8dd8ca (Dec 2018)", "--save-model", {"saved": "mnist_cnn.pt"}),
+    ("77f55b9", "--batch-size 64", {}),
+    ("77f55b9", "--test-batch-size 1000", {}),
+    ("77f55b9", "--epochs 14", {"epochs": 14}),
+    ("77f55b9", "--lr 1.0", ADADELTA),
+    ("77f55b9", "--gamma 0.7", STEP),
+    ("77f55b9", "--no-accel", {"device": "cpu"}),
+    ("77f55b9", "--dry-run", {"dry_run": True}),
+    ("77f55b9", "--seed 1", {}),
+    ("77f55b9", "--log-interval 10", {}),
+    ("77f55b9", "--save-model", {"saved": "mnist_cnn.pt"}),
+    ("77f55b9", "--save-model --epochs 1", {"saved": "mnist_cnn.pt", "epochs": 1}),
+    (
+        "77f55b9, every default",
+        "--batch-size 64 --test-batch-size 1000 --epochs 14 --lr 1.0 --gamma 0.7 --seed 1 "
+        "--log-interval 10",
+        ADADELTA,
+    ),
+    (
+        "77f55b9, every default, --lr as the error says",
+        "--batch-size 64 --test-batch-size 1000 --epochs 14 --lr 0.01 --gamma 0.7 --seed 1 "
+        "--log-interval 10",
+        {"epochs": 14, **STEP},
+    ),
+    ("77f55b9, a smaller Adadelta rate", "--lr 0.5 --gamma 0.7", ADADELTA.replace("1.0", "0.5")),
+    ("f82f562..65722fe (2022-2025)", "--no-mps", {}),
+    ("f82f562..65722fe (2022-2025)", "--no-cuda --no-mps", {"device": "cpu"}),
+    ("the rule's edge: a sensible SGD rate", "--lr 0.1 --gamma 0.7", {"lr": 0.1, **STEP}),
+    ("the rule's edge", "--lr 0.49", {"lr": 0.49}),
+    ("the rule's edge", "--lr 0.5", ADADELTA.replace("1.0", "0.5")),
+    ("the rule's edge: SGD asked for", "--lr 1.0 --momentum 0.5", {"lr": 1.0}),
+    ("the rule's edge: SGD asked for", "--lr 1.0 --momentum 0", {"lr": 1.0, "momentum": 0.0}),
+]
+RUN_OPTIONS = {"device": "cuda", "dry_run": False, "saved": None}
+
+
+def what_it_trains(argv: list[str], monkeypatch) -> dict:
+    """``train ARGV`` through ``cli.main`` with training and saving replaced by records: the
+    recipe it would train and the run's options."""
+    seen = {"saved": None}
+
+    def train_model(model, recipe, **kwargs):
+        seen.update(kwargs, model=model, recipe=recipe)
+        return Trained(models.Net(), [], recipe, {})
+
+    monkeypatch.setattr("mnist_dissected.train.train_model", train_model)
+    monkeypatch.setattr(
+        "mnist_dissected.checkpoint.save_checkpoint",
+        lambda path, *a, **k: seen.update(saved=str(path)) or Path(path),
+    )
+    assert cli.main(["train", *argv]) == 0
+    return seen
+
+
+@pytest.mark.parametrize(
+    "source, command_line, outcome", COMMAND_LINES, ids=[f"{s}: {c}" for s, c, _ in COMMAND_LINES]
+)
+def test_a_command_line_of_either_version_does_what_it_did_there_or_says_what_to_type(
+    source, command_line, outcome, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MNIST_DISSECTED_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    argv = shlex.split(command_line)
+    if isinstance(outcome, str):
+        monkeypatch.setattr("mnist_dissected.train.train_model", lambda *a, **k: pytest.fail())
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["train", *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == f"python -m mnist_dissected train: error: {outcome}"
+        return
+    seen = what_it_trains(argv, monkeypatch)
+    options = {**RUN_OPTIONS, **{k: v for k, v in outcome.items() if k in RUN_OPTIONS}}
+    fields = {k: v for k, v in outcome.items() if k not in RUN_OPTIONS}
+    assert seen["recipe"] == get_recipe("classic", **fields) and seen["model"] == "net"
+    assert seen["device"] == torch.device(options["device"])
+    assert (seen["dry_run"], seen["saved"], seen["seed"]) == (
+        options["dry_run"],
+        options["saved"],
+        1,
+    )
+    assert (seen["log_interval"] or seen["recipe"].log_interval) == 10
+
+
+def test_the_table_covers_every_flag_of_both_versions_with_its_default():
+    lines = {c for _, c, _ in COMMAND_LINES}
+    for version, flags in FLAGS.items():
+        for flag, default in flags.items():
+            assert " ".join(filter(None, (flag, default))) in lines, (version, flag)
+    assert RECIPES["classic"] == get_recipe(
+        "classic", batch_size=64, test_batch_size=1000, epochs=10, lr=0.01, momentum=0.5
+    ), "the classic recipe is d8dd8ca^'s defaults"
