@@ -1,9 +1,9 @@
 """Part 2's module: the two networks the series dissects (``notebooks/2_mnist_model.ipynb``).
 
 - :class:`Net`: the PyTorch MNIST example (pytorch/examples, ``mnist/main.py`` at commit
-  d8dd8ca^), layer for layer. Two modern touches that do not change its numbers:
-  ``torch.flatten(x, 1)`` instead of ``x.view(-1, 320)`` (works in channels_last memory too)
-  and an explicit ``dim=1`` for ``log_softmax`` (the implicit dim is deprecated).
+  d8dd8ca^), layer for layer, with its ``F.log_softmax(x, dim=1)``. One modern touch that
+  does not change its numbers: ``torch.flatten(x, 1)`` instead of ``x.view(-1, 320)`` (works
+  in channels_last memory too).
 - :class:`LeNet`: the network of the "Deep Learning with PyTorch: a 60 minute blitz" tutorial,
   which expects 32x32 images: MNIST's 28x28 digits must be padded by 2 on each side.
 

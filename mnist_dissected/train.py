@@ -116,7 +116,8 @@ def evaluate(
 
 
 def summary_line(loss: float, accuracy: float, n: int, *, split: str = "Test") -> str:
-    """The example's summary line (``Test set: Average loss: ...``), for any split."""
+    """The example's summary line (``Test set: Average loss: ...``), for any split, with the
+    accuracy to two decimals (the example prints whole percents: ``example_compat``)."""
     correct = round(accuracy * n)
     return (
         f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} "
