@@ -15,18 +15,25 @@ every training image. A digit drawn in a browser (280 x 280, RGBA, transparent p
 ink) or photographed (dark ink on grey paper) looks nothing like that: fed in as it is, scaled
 down bluntly, the network is guessing. Each function below is one of those steps, public so
 that a notebook can show them one by one (:func:`steps` returns them all); :func:`to_mnist`
-chains them. Bad input (no ink, a non-image array, NaNs) raises :class:`DrawingError`, a
-``ValueError`` that says what was wrong, instead of giving a confident answer about nothing.
+chains them. Bad input (no ink, a non-image array, NaNs, a file that is no picture or far too
+big) raises :class:`DrawingError`, a ``ValueError`` that says what was wrong, instead of giving
+a confident answer about nothing. A phone's photo of a digit on paper needs more to find its
+ink (grain, ruled lines, the desk, uneven light): :mod:`mnist_dissected.photo` does that part.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import os
+import struct
+import warnings
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from . import photo
 from .data import MNIST_MEAN, MNIST_STD
 from .data import centre_of_mass as _centres_of_mass
 from .errors import MnistDissectedError
@@ -49,13 +56,81 @@ class DrawingError(MnistDissectedError, ValueError):
 
 
 #: PIL's modes of grey images with more than 8 bits per pixel (PNG's 16-bit grey opens as
-#: "I;16", or as "I" in older Pillow versions).
-WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: "I;16", or as "I" in older Pillow versions; "F" holds floats).
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+#: The most pixels a picture may have: a phone's photo has 12 to 50 million; beyond that it is
+#: a mistake or a "decompression bomb" (a small file that decodes to gigabytes).
+MAX_PIXELS = 8000 * 8000
+#: EXIF's Orientation tag: how a phone says which way up it was held (1: as stored).
+ORIENTATION = 0x0112
+
+
+def open_image(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
+    """A picture file (a path, its bytes or a binary file object) as a loaded PIL image, turned
+    upright as its EXIF says, or a :class:`DrawingError` that says why not: an upload must be
+    answered with a message, not a traceback. Refused too: more than :data:`MAX_PIXELS` pixels.
+    A PNG of 30000 x 30000 zeros is a 100 kB file that decodes to 900 MB (a "decompression
+    bomb"), for which PIL raises ``DecompressionBombError``, or from 89 million pixels warns."""
+    name = "the bytes" if isinstance(source, bytes) else repr(getattr(source, "name", source))
+    name = name if len(name) < 80 else name[:70] + "...'"  # a data URL is no file name
+    data = b""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as file:
+                data = file.read()
+        else:
+            data = source if isinstance(source, bytes) else source.read()
+        with warnings.catch_warnings():  # the warning's case is refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        _check_size(image.size[::-1])
+        image.load()
+    except DrawingError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DrawingError(_too_big(_png_size(data) or str(e))) from e
+    except (OSError, ValueError, TypeError) as e:  # not a picture, truncated, not a file
+        raise DrawingError(f"could not read {name} as an image: {e}") from e
+    return _upright(image)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """The (height, width) a PNG file declares in its header: PIL refuses to open a file that
+    declares too many pixels, and then does not say how many."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+def _check_size(shape: tuple[int, ...]) -> None:
+    """Refuse a picture of more than :data:`MAX_PIXELS` pixels before it is decoded or copied."""
+    if shape[0] * shape[1] > MAX_PIXELS:
+        raise DrawingError(_too_big(shape))
+
+
+def _too_big(shape: tuple[int, ...] | str) -> str:
+    size = f"is {shape[1]} x {shape[0]} pixels" if isinstance(shape, tuple) else f"({shape})"
+    side = round(MAX_PIXELS**0.5)
+    return f"the picture {size}; give one under {side} x {side}"
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF Orientation says: a phone stores a portrait photo's pixels
+    sideways and records which way to turn them; read as stored, the digit lies on its side."""
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def _to_array(image: Any) -> np.ndarray:
-    """A NumPy view of a PIL image, a tensor, a nested list or an array (no copy if possible)."""
+    """A NumPy view of a PIL image (turned upright if its EXIF says so), a picture file (path,
+    bytes or binary file), a tensor, a nested list or an array (no copy if possible)."""
+    if isinstance(image, (str, bytes, os.PathLike)) or hasattr(image, "read"):
+        image = open_image(image)
     if hasattr(image, "mode") and hasattr(image, "getbands"):  # a PIL image
+        _check_size(image.size[::-1])
+        image = _upright(image)
         if image.mode in WIDE_GREY_MODES:
             return _wide_grey(image)
         # A palette or colour image can mark one entry or colour transparent ("transparency",
@@ -66,8 +141,6 @@ def _to_array(image: Any) -> np.ndarray:
         return np.asarray(image)
     if torch.is_tensor(image):
         return image.detach().cpu().numpy()
-    if isinstance(image, (str, bytes)):
-        raise DrawingError(f"expected an image (array or PIL image), got {type(image).__name__}")
     try:
         return np.asarray(image)
     except (ValueError, TypeError) as e:  # ragged nested lists
@@ -75,27 +148,34 @@ def _to_array(image: Any) -> np.ndarray:
 
 
 def _wide_grey(image: Any) -> np.ndarray:
-    """A 16-bit grey PIL image as float pixels in [0, 1]: divided by 65535, where a
-    ``convert`` to 8 bits would clip every value above 255 to white."""
-    array = np.asarray(image)
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
+    """A grey PIL image of more than 8 bits a pixel as float pixels in [0, 1], divided by what
+    its values' range says the scale is: 65535 (16 bits), 255 (8-bit values in a wider mode)
+    or, for floats ("F"), 1 (already in [0, 1]). A ``convert`` to 8 bits would clip every value
+    above 255 to white, and round floats in [0, 1] to 0 or 1: a blank picture."""
+    array = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise DrawingError("the image holds NaN or infinite pixels")
+    low, high = float(array.min()), float(array.max())
+    scales = (1, 255, 65535) if image.mode == "F" else (255, 65535)
+    scale = next((s for s in scales if high <= s), None)
+    if low < 0 or scale is None:
         raise DrawingError(
             f"a {image.mode} image's pixels must lie in 0..65535 (16-bit grey), got values "
-            f"from {low} to {high}"
+            f"from {low:g} to {high:g}"
         )
-    return array.astype(np.float64) / 65535
+    return array / scale
 
 
 def pixels(image: Any) -> torch.Tensor:
     """The image as float64 pixels in [0, 1], shape H x W x C with C = 1 (grey), 3 (RGB) or
     4 (RGBA): checked, so that everything after it can trust its input.
 
-    Accepts a PIL image, a NumPy array or a tensor, H x W or H x W x C (channels last, as
-    PIL, NumPy and a browser canvas store them). Integer pixels must lie in 0..255 (8-bit, the
-    format of PNG files, canvases and MNIST itself) and are divided by 255; float pixels must
-    already lie in [0, 1]. A 16-bit grey PIL image is divided by 65535, and a palette image's
-    transparent entry stays transparent (alpha channel). Anything else raises
+    Accepts a PIL image (turned upright as its EXIF says), a picture file (:func:`open_image`),
+    a NumPy array or a tensor, H x W or H x W x C (channels last, as PIL, NumPy and a browser
+    canvas store them). Integer pixels must lie in 0..255 (8-bit, the format of PNG files,
+    canvases and MNIST itself) and are divided by 255; float pixels must already lie in [0, 1].
+    A 16-bit grey or float PIL image is scaled by its range (:func:`_wide_grey`), and a palette
+    image's transparent entry stays transparent (alpha channel). Anything else raises
     :class:`DrawingError` rather than being guessed at: a wrong guess would give a confident
     answer about a different picture.
     """
@@ -125,6 +205,7 @@ def _pixels(image: Any) -> np.ndarray:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise DrawingError(f"the image is empty: shape {shape}")
+    _check_size(shape)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.dtype.kind == "b":
@@ -199,15 +280,21 @@ def to_ink(image: Any, *, min_contrast: float = 0.1) -> torch.Tensor:
     light-on-dark ones (a blackboard, MNIST itself) are kept. Then the paper's level is
     subtracted and the contrast stretched so the strongest ink is 1: grey paper in a photo
     becomes MNIST's 0, and the strokes reach MNIST's 255 (here 1). A picture whose ink stands
-    out from the paper by less than ``min_contrast`` is blank: :class:`DrawingError`.
+    out from the paper by less than ``min_contrast`` is blank: :class:`DrawingError`. A photo,
+    whose paper is not one exact colour, is read by :func:`mnist_dissected.photo.ink` instead:
+    the paper's level is found pixel by pixel, and ruled lines, the desk and grain left out.
     """
     return torch.from_numpy(_ink(_pixels(image), min_contrast))
 
 
 def _ink(x: np.ndarray, min_contrast: float) -> np.ndarray:
     grey = _grey(x)
-    paper = float(np.median(_border(grey)))
-    ink, background = (1 - grey, 1 - paper) if paper > 0.5 else (grey, paper)
+    edge = _border(grey)
+    if photo.is_photo(grey, edge):
+        ink, background = photo.ink(x, grey), 0.0
+    else:
+        paper = float(np.median(edge))
+        ink, background = (1 - grey, 1 - paper) if paper > 0.5 else (grey, paper)
     contrast = float(ink.max()) - background
     if contrast < min_contrast:
         raise DrawingError(

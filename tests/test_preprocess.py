@@ -1,7 +1,12 @@
 """MNIST's preprocessing for any picture of a digit (``mnist_dissected.preprocess``): each step,
-each kind of bad input, and the round trip: real MNIST test digits blown up, inverted, moved
-off-centre on a large canvas, and brought back, read by the trained network about as well as
-the originals."""
+each kind of bad input (files too, and decompression bombs), and the round trip: real MNIST test
+digits blown up, inverted, moved off-centre on a large canvas, and brought back, read by the
+trained network about as well as the originals. Photos of digits on paper: tests/test_photos.py."""
+
+import io
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -53,8 +58,9 @@ def test_pixels_reads_grey_rgb_rgba_pil_and_tensors():
         (np.zeros((5, 5, 0)), "C = 1, 3"),
         (np.array([["a", "b"], ["c", "d"]]), "numeric"),
         (np.array([[None, 1], [2, 3]], dtype=object), "numeric"),
-        ("digit.png", "expected an image"),
-        (b"\x89PNG", "expected an image"),
+        ("digit.png", "could not read 'digit.png' as an image"),
+        (b"\x89PNG", "could not read the bytes as an image"),
+        (io.BytesIO(b"GIF89a"), "could not read"),
         (np.full((8, 8), np.nan), "NaN"),
         (np.full((8, 8), np.inf), "NaN"),
         (np.full((8, 8), 300), "0..255"),
@@ -115,6 +121,121 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
     torch.testing.assert_close(preprocess.pixels(mode_i), x)
     with pytest.raises(preprocess.DrawingError, match=r"0\.\.65535"):
         preprocess.pixels(Image.fromarray(np.full((4, 4), 70000, np.int32)))
+
+
+def test_a_float_image_is_read_on_its_own_scale():
+    """PIL's float images ("F") hold 0..1 (from an array) or 0..255 (``convert("F")``); an "I"
+    image can hold 8-bit values. Through ``convert("RGB")`` a 0..1 float picture came out
+    blank, and 8-bit values read as 16-bit ones were too faint to tell from the paper."""
+    digit = canvas_digit(ink=30, paper=220)
+    expected = preprocess.to_mnist(digit)
+    unit = (digit / 255).astype(np.float32)
+    torch.testing.assert_close(
+        preprocess.to_mnist(Image.fromarray(unit)), preprocess.to_mnist(unit)
+    )
+    torch.testing.assert_close(preprocess.to_mnist(Image.fromarray(digit).convert("F")), expected)
+    torch.testing.assert_close(
+        preprocess.to_mnist(Image.fromarray(digit.astype(np.int32))), expected
+    )
+    for bad, match in ((-unit, "0..65535"), (unit * 1e6, "0..65535"), (unit * np.nan, "NaN")):
+        with pytest.raises(preprocess.DrawingError, match=match):
+            preprocess.to_mnist(Image.fromarray(bad))
+
+
+def portrait_digit():
+    """A "7" (MNIST's first test digit) in black on white, 120 x 90: tall, and not the same
+    turned a quarter turn."""
+    seven = load_mnist(train=False).data[0].numpy()
+    big = Image.fromarray(255 - seven).resize((84, 84), Image.Resampling.BILINEAR)
+    page = Image.new("L", (90, 120), 255)
+    page.paste(big, (3, 18))
+    return page
+
+
+def test_a_phones_exif_orientation_is_applied(tmp_path):
+    """A phone stores a portrait photo's pixels sideways and says so in EXIF (Orientation 6:
+    turn them 90° clockwise to show them); read as stored, the digit lies on its side."""
+    upright = portrait_digit()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    sideways.save(tmp_path / "sideways.png", exif=exif.tobytes())
+    expected = preprocess.to_mnist(upright)
+    stored = Image.open(tmp_path / "sideways.png")
+    assert stored.size == (120, 90)
+    for source in (stored, tmp_path / "sideways.png", (tmp_path / "sideways.png").read_bytes()):
+        torch.testing.assert_close(preprocess.to_mnist(source), expected)
+    assert preprocess.open_image(tmp_path / "sideways.png").size == (90, 120)
+
+
+def test_files_are_read_by_path_bytes_or_file_object(tmp_path):
+    upright = portrait_digit()
+    upright.save(tmp_path / "seven.png")
+    expected = preprocess.to_mnist(upright)
+    with open(tmp_path / "seven.png", "rb") as file:
+        sources = [tmp_path / "seven.png", str(tmp_path / "seven.png"), file]
+        for source in [*sources, (tmp_path / "seven.png").read_bytes()]:
+            torch.testing.assert_close(preprocess.to_mnist(source), expected)
+
+
+def png_of_zeros(width, height):
+    """A valid 1-bit grey PNG of ``width`` x ``height`` black pixels, built row block by row
+    block without holding the picture: 30000 x 30000 (900 MB decoded) is a 110 kB file."""
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # the filter byte, then the packed bits
+    packer = zlib.compressobj(6)
+    rows = [packer.compress(row * 256) for _ in range(height // 256)]
+    rows += [packer.compress(row * (height % 256)), packer.flush()]
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(rows)) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_a_drawing_error(tmp_path):
+    """A tiny PNG that declares 30000 x 30000 pixels: PIL's DecompressionBombError (or, from
+    89 million pixels, its warning) must not escape from an upload; the message says what to
+    give instead. Every way a file comes in: path, bytes, open file."""
+    bomb = png_of_zeros(30000, 30000)
+    assert len(bomb) < 200_000
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    message = "the picture is 30000 x 30000 pixels; give one under 8000 x 8000"
+    with open(tmp_path / "bomb.png", "rb") as file:
+        for source in (tmp_path / "bomb.png", str(tmp_path / "bomb.png"), bomb, file):
+            with pytest.raises(preprocess.DrawingError, match=message):
+                preprocess.to_mnist(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning too
+        with pytest.raises(preprocess.DrawingError, match="10000 x 10000 pixels"):
+            preprocess.open_image(png_of_zeros(10000, 10000))
+
+
+def test_a_huge_pil_image_or_array_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """Under PIL's own limits (9000 x 9000, not even a warning) but still gigabytes as float
+    pixels: refused from its size, without decoding the pixels."""
+    (tmp_path / "big.png").write_bytes(png_of_zeros(9000, 9000))
+    with Image.open(tmp_path / "big.png") as image:
+        monkeypatch.setattr(image, "load", lambda: pytest.fail("the pixels were decoded"))
+        with pytest.raises(preprocess.DrawingError, match="9000 x 9000 pixels"):
+            preprocess.to_mnist(image)
+    with pytest.raises(preprocess.DrawingError, match="8001 x 8001 pixels"):
+        preprocess.to_mnist(np.zeros((8001, 8001), np.uint8))
+
+
+def test_paper_grain_does_not_stretch_the_ink_box():
+    """Pencil (grey 150) on paper (200) with grain of a few grey levels: the strongest ink
+    stands out by 50 levels, so the ink threshold (a tenth) is 5 levels, which the grain
+    passes here and there; the ink box was then the whole picture, not the digit's."""
+    clean = canvas_digit(ink=150, paper=200)  # a 120 x 30 bar
+    grain = np.random.default_rng(0).normal(0, 2.5, clean.shape)
+    grainy = np.clip(np.round(clean + grain), 0, 255).astype(np.uint8)
+    steps, expected = preprocess.steps(grainy), preprocess.steps(clean)
+    height, width = steps["cropped"].shape
+    assert abs(height - 120) <= 4 and abs(width - 30) <= 4, (height, width)
+    assert (steps["centred"] - expected["centred"]).abs().mean() < 0.05
 
 
 # --------------------------------------------------------------------------- the steps
