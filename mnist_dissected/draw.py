@@ -40,11 +40,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import traitlets
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK
 from .models import unwrap
-from .preprocess import DrawingError, steps, to_mnist
+from .preprocess import DrawingError, open_image, steps, to_mnist
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -241,11 +241,10 @@ def decode_data_url(url: str) -> Image.Image:
     if not comma or not header.startswith("data:image/") or ";base64" not in header:
         raise DrawingError(f"expected a base64 image data URL, got {url[:40]!r}...")
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, OSError) as e:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error as e:
         raise DrawingError(f"the drawing could not be decoded as an image: {e}") from e
-    return image
+    return open_image(data)  # a picture's own checks: not an image, too many pixels
 
 
 def unreadable_upload_message(name: str, mime: str = "") -> str:

@@ -61,8 +61,16 @@ def test_decode_data_url_refuses_what_is_not_an_image():
     for bad in ("", "hello", "data:text/plain;base64,aGk=", "data:image/png;base64,@@@"):
         with pytest.raises(DrawingError):
             draw.decode_data_url(bad)
-    with pytest.raises(DrawingError, match="decoded"):
+    with pytest.raises(DrawingError, match="as an image"):
         draw.decode_data_url("data:image/png;base64," + base64.b64encode(b"not a png").decode())
+
+
+def test_a_decompression_bomb_sent_by_the_pad_is_a_drawing_error():
+    from tests.test_preprocess import png_of_zeros
+
+    url = "data:image/png;base64," + base64.b64encode(png_of_zeros(30000, 30000)).decode()
+    with pytest.raises(DrawingError, match="30000 x 30000 pixels; give one under 8000 x 8000"):
+        draw.decode_data_url(url)
 
 
 @pytest.mark.slow
