@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .devices import DEVICE_ENV_VAR, pick_device
 from .errors import MnistDissectedError
 
 #: The variables ``torchrun`` (and any launcher using PyTorch's ``env://`` rendezvous) sets
@@ -350,12 +351,14 @@ def mean_over_ranks(values: Sequence[float]) -> list[float]:
 def ddp_device(device: torch.device | str | None, world: World | None = None) -> torch.device:
     """The device this rank trains on when ``device`` was asked for the whole run: a CUDA
     request becomes GPU ``local_rank`` (one GPU per process: NCCL refuses two ranks on one
-    GPU); MPS, which has no distributed backend, becomes the CPU; ``None`` is
-    :func:`default_device`."""
+    GPU); MPS, which has no distributed backend, becomes the CPU; ``None`` (and no
+    ``$MNIST_DISSECTED_DEVICE``) is :func:`default_device`. What is asked for is checked by
+    :func:`~mnist_dissected.devices.pick_device`, the one rule for every part: a device that
+    cannot train here is the same one-line error as anywhere else."""
     world = world or current_world()
-    if device is None:
+    if device is None and not os.environ.get(DEVICE_ENV_VAR):
         return default_device(world)
-    device = torch.device(device)
+    device = pick_device(device)
     if device.type == "cuda":
         gpus, processes = torch.cuda.device_count(), _local_world_size()
         if gpus < processes:

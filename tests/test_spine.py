@@ -77,6 +77,21 @@ def test_synchronize_waits_on_the_device_it_is_given(monkeypatch):
     assert waited == [torch.device("cuda", 1)]
 
 
+def test_a_ddp_worker_checks_its_device_by_the_same_rule(monkeypatch):
+    from mnist_dissected.process_group import World, ddp_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(devices.DEVICE_ENV_VAR, raising=False)
+    with pytest.raises(errors.DeviceError, match="is not a device"):
+        ddp_device("banana", World())
+    assert ddp_device(None, World()) == torch.device("cpu")
+    monkeypatch.setenv(devices.DEVICE_ENV_VAR, "meta")
+    with pytest.raises(errors.DeviceError, match=r"\$MNIST_DISSECTED_DEVICE=meta: "):
+        ddp_device(None, World())
+    monkeypatch.setenv(devices.DEVICE_ENV_VAR, "cpu")
+    assert ddp_device(None, World()) == torch.device("cpu")
+
+
 def test_parts_1_to_3_do_not_import_part_4s_training_module():
     """Seeding and devices are Part 4's lesson but every part's need: they live in devices."""
     for notebook in ("1_mnist_load", "2_mnist_model", "3_mnist_backprop"):
@@ -309,6 +324,7 @@ def test_the_rules_live_low_in_the_package():
     assert graph["devices"] == {"errors"} and graph["recipes"] == {"errors"}
     assert "cli" not in graph["dist_demo"], "dist_demo borrows nothing from the CLI"
     assert not graph["process_group"] & {"sharding", "distributed", "launch", "train"}
+    assert graph["process_group"] <= {"errors", "devices"}
     for module, imported in graph.items():
         if module not in ("cli", "__main__"):
             assert "cli" not in imported, f"{module} imports the CLI"
