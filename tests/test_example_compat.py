@@ -16,20 +16,9 @@ from mnist_dissected.checkpoint import load_checkpoint, save_checkpoint
 from mnist_dissected.data import load_mnist, make_loader, mnist_transform
 from mnist_dissected.recipes import RECIPES, get_recipe
 from mnist_dissected.train import Trained, evaluate
+from tests.test_models import NET_PARAMETERS
 
 # --------------------------------------------------------------------------- the example's code
-
-#: The example's state_dict at d8dd8ca^, written out: what a Net there saves.
-EXAMPLE_NET_STATE = [
-    ("conv1.weight", (10, 1, 5, 5)),
-    ("conv1.bias", (10,)),
-    ("conv2.weight", (20, 10, 5, 5)),
-    ("conv2.bias", (20,)),
-    ("fc1.weight", (50, 320)),
-    ("fc1.bias", (50,)),
-    ("fc2.weight", (10, 50)),
-    ("fc2.bias", (10,)),
-]
 
 
 class ExampleNet(nn.Module):
@@ -80,7 +69,7 @@ def shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def test_the_examples_net_has_exactly_the_keys_and_shapes_of_models_net():
-    assert shapes(ExampleNet()) == EXAMPLE_NET_STATE == shapes(models.Net())
+    assert shapes(ExampleNet()) == NET_PARAMETERS == shapes(models.Net())
 
 
 def test_the_examples_weights_load_into_models_net_and_give_its_outputs(tmp_path):

@@ -15,20 +15,23 @@ from mnist_dissected.models import (
     unwrap,
 )
 
+#: The example's Net (pytorch/examples mnist/main.py at d8dd8ca^), its parameters written out.
+NET_PARAMETERS = [
+    ("conv1.weight", (10, 1, 5, 5)),
+    ("conv1.bias", (10,)),
+    ("conv2.weight", (20, 10, 5, 5)),
+    ("conv2.bias", (20,)),
+    ("fc1.weight", (50, 320)),
+    ("fc1.bias", (50,)),
+    ("fc2.weight", (10, 50)),
+    ("fc2.bias", (10,)),
+]
+
 
 def test_net_is_the_pytorch_example_network():
     net = Net()
     assert count_parameters(net) == 21_840
-    assert [(n, tuple(p.shape)) for n, p in net.named_parameters()] == [
-        ("conv1.weight", (10, 1, 5, 5)),
-        ("conv1.bias", (10,)),
-        ("conv2.weight", (20, 10, 5, 5)),
-        ("conv2.bias", (20,)),
-        ("fc1.weight", (50, 320)),
-        ("fc1.bias", (50,)),
-        ("fc2.weight", (10, 50)),
-        ("fc2.bias", (10,)),
-    ]
+    assert [(n, tuple(p.shape)) for n, p in net.named_parameters()] == NET_PARAMETERS
     assert isinstance(net.conv2_drop, nn.Dropout2d) and net.conv2_drop.p == 0.5
 
 

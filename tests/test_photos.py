@@ -75,30 +75,28 @@ def test_uploaded_is_the_widgets_canvas(digits):
 # --------------------------------------------------------------------------- the features
 
 
+def photographed(digits, **features: bool) -> list:
+    """``digits`` photographed on plain paper with only ``features`` (ruled, desk, shadow,
+    fall_off) turned on, one seed per digit."""
+    plain = {"ruled": False, "desk": False, "shadow": False, "fall_off": False}
+    return [photograph(d, seed=i, **{**plain, **features}) for i, d in enumerate(digits)]
+
+
 def test_paper_grain_alone_is_not_ink(digits):
-    photos = [
-        photograph(d, seed=i, ruled=False, desk=False, shadow=False, fall_off=False)
-        for i, d in enumerate(digits)
-    ]
+    photos = photographed(digits)
     assert_read_like_the_digit(photos, digits)
 
 
 def test_blue_ruled_lines_are_not_ink(digits):
     """The lines reached the ink threshold: the ink box was the whole page."""
-    photos = [
-        photograph(d, seed=i, ruled=True, desk=False, shadow=False, fall_off=False)
-        for i, d in enumerate(digits)
-    ]
+    photos = photographed(digits, ruled=True)
     assert_read_like_the_digit(photos, digits)
 
 
 def test_a_white_sheet_on_a_dark_desk(digits):
     """The border's median was the desk: the desk was taken for the paper and the sheet for
     the ink, or the desk for the darkest ink."""
-    photos = [
-        photograph(d, seed=i, ruled=False, desk=True, shadow=False, fall_off=False)
-        for i, d in enumerate(digits)
-    ]
+    photos = photographed(digits, desk=True)
     assert_read_like_the_digit(photos, digits)
     ink = preprocess.to_ink(photos[0])
     rim = torch.cat([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
@@ -108,18 +106,12 @@ def test_a_white_sheet_on_a_dark_desk(digits):
 def test_light_falling_off_across_the_page(digits):
     """The far side of the page is darker than the border's median paper by more than the
     ink threshold: it was all ink."""
-    photos = [
-        photograph(d, seed=i, ruled=False, desk=False, shadow=False, fall_off=True)
-        for i, d in enumerate(digits)
-    ]
+    photos = photographed(digits, fall_off=True)
     assert_read_like_the_digit(photos, digits)
 
 
 def test_a_shadow_over_the_page(digits):
-    photos = [
-        photograph(d, seed=i, ruled=False, desk=False, shadow=True, fall_off=False)
-        for i, d in enumerate(digits)
-    ]
+    photos = photographed(digits, shadow=True)
     assert_read_like_the_digit(photos, digits)
 
 
