@@ -110,8 +110,9 @@ def test_profile_step_times_its_steps_and_derives_the_rates(monkeypatch):
     assert step["batch_size"] == 8
     longer, _ = profiled_on_a_fake_clock(monkeypatch, steps=4, ms_per_step=4.0)
     assert longer["step_ms"] == pytest.approx(4.0), "per step, whatever the number of steps"
-    # per step too (a handful of operators run once per pass, not once per step)
-    assert longer["operators_per_step"] == pytest.approx(step["operators_per_step"], abs=2)
+    # per step too: within 10% (some operators run once per pass, not once per step: at torch
+    # 2.2, 237 per step over 2 steps and 228 over 4); not divided by the steps, it doubles
+    assert longer["operators_per_step"] == pytest.approx(step["operators_per_step"], rel=0.1)
     assert longer["flops_per_step"] == step["flops_per_step"]
 
 
