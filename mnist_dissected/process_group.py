@@ -23,6 +23,7 @@ Without ``torchrun`` the same code forms a world of one process, so it also runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -230,6 +231,14 @@ def init_distributed(
         # (seen with torch 2.2's gloo).
         with peers_watched(when="at the end of the run", outcome="all work had finished"):
             barrier()
+    except MnistDissectedError as error:
+        # An error every rank raised alike (a diverged loss): leave together too, or a rank
+        # still destroying its group when rank 0, the rendezvous's host, has gone hangs
+        # (torch 2.2's gloo). Not after a peer went away: there is nobody to wait for.
+        if not isinstance(error, WorldError):
+            with contextlib.suppress(RuntimeError):
+                barrier()
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
