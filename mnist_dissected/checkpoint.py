@@ -266,7 +266,8 @@ def bare_payload(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
     not have as ``None``. Raises :class:`CheckpointError`, naming what did not match."""
     model, problem = match_state_dict(state)
     if model is None:
-        ours = " or ".join(cls.__name__ for cls in MODELS.values())
+        names = [cls.__name__ for cls in MODELS.values()]
+        ours = ", ".join(names[:-1]) + " or " + names[-1]
         raise CheckpointError(
             f"{path} is a bare state_dict, but not of a {ours}: {problem}; load it "
             "with the code that saved it, or train a model here: python -m mnist_dissected "

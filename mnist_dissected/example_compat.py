@@ -12,18 +12,38 @@ met here, once:
 - Its command lines: today's ``--lr`` is Adadelta's (default 1.0), a rate at which the
   classic recipe's SGD learns nothing, so it is refused with what to type
   (:func:`check_sgd_rate`); ``--no-mps`` (2022 to 2025) means "not MPS" (:func:`without_mps`).
+- Its script itself: both versions of ``main.py`` ship verbatim in ``upstream/``, and
+  :func:`run_example` runs one on this machine, so that Part 4, §4.5 compares its printed
+  lines with the ``example`` recipe's, line for line.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 
 import torch
 
-from .errors import DeviceError, UsageError
+from .errors import DeviceError, MnistDissectedError, UsageError
+from .mnist_files import data_root, prepare_raw
 from .models import MODELS, MNISTModel
 from .recipes import Recipe
+
+#: The example's ``main.py`` in each version, verbatim (``upstream/README.md`` says whence).
+EXAMPLE_SCRIPTS = {
+    "d8dd8ca^": Path(__file__).with_name("upstream") / "main_d8dd8ca_parent.py",
+    "77f55b9": Path(__file__).with_name("upstream") / "main_77f55b9.py",
+}
+
+
+class ExampleRunError(MnistDissectedError):
+    """The example's own script did not run to its end."""
+
 
 #: The example's line at the end of each epoch, with its blank lines: ``test()`` at d8dd8ca^
 #: and today, ``print('\nTest set: ...\n'.format(...))``.
@@ -31,9 +51,9 @@ TEST_LINE = "\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n"
 
 #: Networks of later versions of the example that have :class:`~mnist_dissected.models.Net`'s
 #: keys (conv1, conv2, fc1, fc2) but other shapes, told apart by ``conv1.weight``'s shape.
+#: (Today's, since 0634306, is :class:`~mnist_dissected.models.TodayNet` and loads as one.)
 LATER_EXAMPLE_NETS = {
     (20, 1, 5, 5): "the example's network of d8dd8ca (Dec 2018) to 0634306 (Nov 2019)",
-    (32, 1, 3, 3): "today's example's network (pytorch/examples since 0634306, Nov 2019)",
 }
 
 #: The smallest ``--lr`` that, reaching the classic recipe's SGD without ``--momentum``, is
@@ -48,6 +68,47 @@ def example_test_line(loss: float, correct: int, n: int) -> str:
     """The example's test line for a mean ``loss`` and ``correct`` answers out of ``n``, blank
     lines included: whole percents, ``(99%)``, where the package's own line has two decimals."""
     return TEST_LINE.format(loss, correct, n, 100.0 * correct / n)
+
+
+def run_example(
+    *args: str,
+    version: str = "d8dd8ca^",
+    root: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Run the example's own ``main.py`` (``version``, untouched) with ``args`` in a fresh
+    Python, and return what it printed. Why a fresh process from a temporary folder: the script
+    is the example's, not the package's, and it reads MNIST from ``../data`` with
+    ``download=True``; there ``../data`` is the series' data folder (its files checked first),
+    so it finds them and downloads nothing. Nothing is left behind."""
+    script = EXAMPLE_SCRIPTS.get(version)
+    if script is None:
+        raise UsageError(f"unknown version {version!r}; choose from {sorted(EXAMPLE_SCRIPTS)}")
+    root = data_root(root).resolve()
+    missing = prepare_raw(root)
+    if missing:
+        raise ExampleRunError(f"MNIST is not in {root}: {', '.join(missing)} missing")
+    with tempfile.TemporaryDirectory(prefix="mnist-example-") as folder:
+        (Path(folder) / "data").symlink_to(root, target_is_directory=True)
+        (Path(folder) / "run").mkdir()
+        done = subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=Path(folder) / "run",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise ExampleRunError(f"the example's {script.name} exited with {done.returncode}:\n{tail}")
+    return done.stdout
+
+
+def example_epoch_line(loss: float, accuracy: float, n: int) -> str:
+    """The example's test line for the figures :func:`~mnist_dissected.train.evaluate` returns
+    (mean loss, accuracy): what the ``example`` recipe prints after every epoch (Part 4, §4.5)."""
+    return example_test_line(loss, round(accuracy * n), n)
 
 
 def shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -110,7 +171,8 @@ def check_sgd_rate(recipe: Recipe, *, momentum_given: bool) -> None:
     raise UsageError(
         f"--lr {recipe.lr} is a rate for today's example's Adadelta; the {recipe.name} recipe "
         f"trains with SGD (momentum {recipe.momentum}), which learns little or nothing at "
-        f"{ADADELTA_RATE_FLOOR} and above: use --lr 0.01 (and --gamma 0.7 for today's StepLR), "
+        f"{ADADELTA_RATE_FLOOR} and above: for today's example, network and Adadelta, use "
+        f"--model today --recipe today; else --lr 0.01 (and --gamma 0.7 for today's StepLR), "
         f"or add --momentum {recipe.momentum} to train SGD at --lr {recipe.lr} anyway"
     )
 

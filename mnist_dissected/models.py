@@ -1,11 +1,14 @@
-"""Part 2's module: the two networks the series dissects (``notebooks/2_mnist_model.ipynb``).
+"""Part 2's module: the networks the series dissects (``notebooks/2_mnist_model.ipynb``).
 
 - :class:`Net`: the PyTorch MNIST example (pytorch/examples, ``mnist/main.py`` at commit
-  d8dd8ca^), layer for layer, with its ``F.log_softmax(x, dim=1)``. One modern touch that
-  does not change its numbers: ``torch.flatten(x, 1)`` instead of ``x.view(-1, 320)`` (works
-  in channels_last memory too).
+  d8dd8ca^), layer for layer, ``F.log_softmax(x, dim=1)`` included (the example has had
+  ``dim=1`` since 8256aee, January 2018). One change that does not change its numbers:
+  ``torch.flatten(x, 1)`` instead of ``x.view(-1, 320)`` (works in channels_last memory too).
 - :class:`LeNet`: the network of the "Deep Learning with PyTorch: a 60 minute blitz" tutorial,
   which expects 32x32 images: MNIST's 28x28 digits must be padded by 2 on each side.
+- :class:`TodayNet`: the example's network today (pytorch/examples since 0634306, Nov 2019;
+  plain ``Dropout`` since 0f0c913, Oct 2020): two 3x3 convolutions, 1,199,882 parameters.
+  Dissected beside ``Net`` in Part 4, §4.15.
 
 Both check their input first, because a wrong shape otherwise fails deep inside with a message
 about matrix sizes that does not say what to do.
@@ -150,8 +153,37 @@ class LeNet(MNISTModel):
         return self.fc3(x)
 
 
+class TodayNet(MNISTModel):
+    """The example's network today (``mnist/main.py`` at 77f55b9), layer for layer: 32 and 64
+    3x3 convolutions without padding (28 -> 26 -> 24), one 2x2 max-pool (24 -> 12), dropout
+    0.25, 64 * 12 * 12 = 9,216 -> 128 -> 10, log-probabilities out: 1,199,882 parameters,
+    98% of them in ``fc1``. Dissected beside ``Net`` in Part 4, §4.15."""
+
+    name = "today"
+    input_size = 28
+    log_probs = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, "TodayNet", self.input_size)
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = self.dropout1(F.max_pool2d(x, 2))
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        x = self.fc2(self.dropout2(x))
+        return F.log_softmax(x, dim=1)
+
+
 #: The one registry: a model's name (its class's ``name``) -> its class.
-MODELS: dict[str, type[MNISTModel]] = {cls.name: cls for cls in (Net, LeNet)}
+MODELS: dict[str, type[MNISTModel]] = {cls.name: cls for cls in (Net, LeNet, TodayNet)}
 
 
 def model_class(name: str) -> type[MNISTModel]:

@@ -29,6 +29,7 @@ from .data import (
     train_validation_indices,
 )
 from .devices import pick_device, seed_everything
+from .example_compat import example_epoch_line
 from .guards import LossWatch, check_progress, stop_if_diverged
 from .guards import TrainingDivergedError as TrainingDivergedError  # noqa: PLC0414 (re-export)
 from .models import MNISTModel, loss_function, model_class
@@ -62,9 +63,12 @@ def train_epoch(
     model.train()  # dropout on
     losses = []
     n_total, seen = num_samples(batches), 0
-    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    # A bar told the total, not handed the batches: tqdm.auto's bar makes (and drops) an
+    # iterator of its own, which draws a shuffle, starts workers and shifts every random draw.
+    total = len(batches) if hasattr(batches, "__len__") else None
+    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not progress, leave=False)
     watch = LossWatch(optimizer, epoch=epoch, active=stop_early, every_step=device.type == "cpu")
-    for step, (data, target) in enumerate(islice(bar, max_batches)):
+    for step, (data, target) in enumerate(islice(batches, max_batches)):
         data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if graphed_step is not None:  # the lines below, captured once as a CUDA graph
             loss = graphed_step(data, target)
@@ -85,6 +89,8 @@ def train_epoch(
             )
         watch.step(losses, synced=logged)  # a NaN stops here, where reading it costs no wait
         seen += len(data)
+        bar.update()
+    bar.close()
     return watch.end(torch.stack(losses).tolist() if losses else [])  # no steps: exhausted
 
 
@@ -125,6 +131,11 @@ def summary_line(loss: float, accuracy: float, n: int, *, split: str = "Test") -
     )
 
 
+def validation_line(loss: float, accuracy: float, n: int) -> str:
+    """The line :func:`fit` prints after each epoch: the summary line of the validation split."""
+    return summary_line(loss, accuracy, n, split="Validation")
+
+
 def fit(
     model: nn.Module,
     train_batches: Iterable,
@@ -143,6 +154,7 @@ def fit(
     on_epoch_start: Callable[[int], None] | None = None,
     reduce_losses: Callable[[list[float]], list[float]] | None = None,
     say: Callable[[str], None] = print,
+    line: Callable[[float, float, int], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` and score the validation batches after each (never the test set:
     that is scored once, at the end). Returns one record per epoch: ``epoch``, ``train_loss``
@@ -154,7 +166,9 @@ def fit(
     validation batches (:func:`evaluate`, the default, or one with its arguments and result),
     ``on_epoch_start(epoch)`` runs before each epoch (a ``DistributedSampler`` must be told the
     epoch), ``reduce_losses`` turns this process's step losses into the run's (the mean over
-    ranks), and ``say`` prints the summary line (on rank 0 only)."""
+    ranks), and ``say`` prints the summary line (on rank 0 only). ``line(loss, accuracy, n)``
+    writes that line (default: the validation line; the example's recipe: the example's test
+    line, :func:`~mnist_dissected.example_compat.example_epoch_line`)."""
     # Long on purpose: the whole epoch loop on one screen, as Part 4 §4.4 shows it.
     evaluator = evaluator or evaluate
     history = []
@@ -193,7 +207,8 @@ def fit(
             }
         )
         if verbose and max_batches is None and num_samples(val_batches):
-            say(summary_line(val_loss, accuracy, num_samples(val_batches), split="Validation"))
+            n = num_samples(val_batches)
+            say((line or validation_line)(val_loss, accuracy, n))
         check_progress(history, optimizer=optimizer)  # NaN validation: stop; chance: warn
     return history
 
@@ -229,13 +244,22 @@ def make_batches(
 ) -> Batches:
     """Training, validation and test batches as the recipe wants them: through the
     ``DataLoader`` or as in-memory tensors on ``device``; images padded to the model's input
-    size (LeNet: 32). The validation split is the same for every seed."""
+    size (LeNet: 32). The validation split is the same for every seed. The ``example`` data
+    path is the example's: all 60,000 training images, and the test set in the place of the
+    validation split (it is scored after every epoch)."""
     pad = (model_class(model_name).input_size - 28) // 2
     # a captured step takes one batch shape only; where it cannot run, the eager recipe's batches
     drop_last = recipe.cuda_graph and cuda_graph_reason(recipe, torch.device(device)) is None
     where = {"root": root, "root_given_as": root_given_as}
     train_set = load_mnist(train=True, transform=mnist_transform(pad), **where)
     test_set = load_mnist(train=False, transform=mnist_transform(pad), **where)
+    if recipe.data_path == "example":  # the example's loaders, as d8dd8ca^ builds them (§4.5)
+        pin = torch.device(device).type == "cuda"
+        # No generator of their own: both shuffle from the global one, in the example's order
+        # (the training set each epoch, then the test set, which it shuffles too).
+        train = make_loader(train_set, recipe.batch_size, shuffle=True, pin_memory=pin)
+        test = make_loader(test_set, recipe.test_batch_size, shuffle=True, pin_memory=pin)
+        return Batches(train, test, test)  # no validation split: it scores the test set
     train_idx, val_idx = train_validation_indices(len(train_set))
     if recipe.data_path == "loader":
         pin = torch.device(device).type == "cuda"
@@ -308,7 +332,9 @@ def speed_up(
 class Trained(NamedTuple):
     """What :func:`train_model` returns: the model (on its device, in eval mode), its
     per-epoch history, the recipe used, the one test score (``{"loss", "accuracy", "n"}``),
-    and the seconds spent compiling or capturing before the first step (0 when eager)."""
+    and the seconds spent compiling or capturing before the first step (0 when eager).
+    With the ``example`` recipe, ``history``'s ``val_*`` figures are the test set's (the
+    example scores it after every epoch) and ``test`` is the last epoch's."""
 
     model: MNISTModel
     history: list[dict[str, Any]]
@@ -383,11 +409,13 @@ def train_model(
     setup_s = time.perf_counter() - start
     if graphed_step is not None:
         optimizer, scheduler = graphed_step.optimizer, None
+    example = recipe.data_path == "example" and not dry_run
     history = fit(
         trained,
         batches.train,
         batches.val,
         optimizer,
+        line=example_epoch_line if example else None,
         scheduler=scheduler,
         epochs=1 if dry_run else recipe.epochs,
         device=device,
@@ -397,5 +425,15 @@ def train_model(
         max_batches=1 if dry_run else None,
         graphed_step=graphed_step,
     )
-    test = score_test(model, batches.test, recipe, device=device, dry_run=dry_run, verbose=verbose)
+    if example:  # the test set was scored after every epoch, as the example does: no more
+        last = history[-1]
+        test = {
+            "loss": last["val_loss"],
+            "accuracy": last["val_accuracy"],
+            "n": num_samples(batches.test),
+        }
+    else:
+        test = score_test(
+            model, batches.test, recipe, device=device, dry_run=dry_run, verbose=verbose
+        )
     return Trained(model.eval(), history, recipe, test, setup_s)

@@ -2,20 +2,26 @@
 both versions (pytorch/examples ``mnist/main.py`` at d8dd8ca^, the one the series dissects, and
 today's, 77f55b9), against the package."""
 
+import hashlib
 import os
+import runpy
 import shlex
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
 from mnist_dissected import cli, example_compat, models
 from mnist_dissected.checkpoint import load_checkpoint, save_checkpoint
 from mnist_dissected.data import load_mnist, make_loader, mnist_transform
-from mnist_dissected.recipes import RECIPES, get_recipe
-from mnist_dissected.train import Trained, evaluate
+from mnist_dissected.errors import UsageError
+from mnist_dissected.recipes import RECIPES, get_recipe, make_optimizer
+from mnist_dissected.train import Trained, evaluate, train_model
 from tests.test_models import NET_PARAMETERS
 
 # --------------------------------------------------------------------------- the example's code
@@ -214,7 +220,9 @@ def test_a_file_of_another_network_is_one_line_and_exit_status_1(tmp_path, capsy
     torch.save({**models.Net().state_dict(), "fc2.weight": torch.zeros(11, 50)}, path)
     assert cli.main(["score", str(path), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path} is a bare state_dict, but not of a Net or LeNet: ")
+    assert err.startswith(
+        f"error: {path} is a bare state_dict, but not of a Net, LeNet or TodayNet: "
+    )
     assert err.count("\n") == 1
 
 
@@ -249,9 +257,12 @@ FLAGS = {
 #: What the error says to type for today's --lr 1.0 (example_compat.check_sgd_rate).
 ADADELTA = (
     "--lr 1.0 is a rate for today's example's Adadelta; the classic recipe trains with SGD "
-    "(momentum 0.5), which learns little or nothing at 0.5 and above: use --lr 0.01 (and --gamma "
+    "(momentum 0.5), which learns little or nothing at 0.5 and above: for today's example, "
+    "network and Adadelta, use --model today --recipe today; else --lr 0.01 (and --gamma "
     "0.7 for today's StepLR), or add --momentum 0.5 to train SGD at --lr 1.0 anyway"
 )
+#: Today's example's recipe and network, as the error above says to type them.
+TODAY = {"recipe": "today", "model": "today"}
 STEP = {"schedule": "step", "gamma": 0.7}
 #: (where it comes from, the command line after ``train``, what it trains: the classic
 #: recipe's fields it changes and the run's options, or the usage error it gets). On a machine
@@ -300,6 +311,24 @@ COMMAND_LINES = [
         {"epochs": 14, **STEP},
     ),
     ("77f55b9, a smaller Adadelta rate", "--lr 0.5 --gamma 0.7", ADADELTA.replace("1.0", "0.5")),
+    ("77f55b9, as the error says", "--model today --recipe today", TODAY),
+    (
+        "77f55b9, every default, as the error says",
+        "--model today --recipe today --batch-size 64 --test-batch-size 1000 --epochs 14 "
+        "--lr 1.0 --gamma 0.7 --seed 1 --log-interval 10",
+        TODAY,
+    ),
+    (
+        "CI at 77f55b9, as the error says",
+        "--model today --recipe today --epochs 1 --dry-run",
+        {**TODAY, "epochs": 1, "dry_run": True},
+    ),
+    ("d8dd8ca^, exactly", "--recipe example", {"recipe": "example"}),
+    (
+        "d8dd8ca^, exactly, its CI",
+        "--recipe example --epochs 1",
+        {"recipe": "example", "epochs": 1},
+    ),
     ("f82f562..65722fe (2022-2025)", "--no-mps", {}),
     ("f82f562..65722fe (2022-2025)", "--no-cuda --no-mps", {"device": "cpu"}),
     ("the rule's edge: a sensible SGD rate", "--lr 0.1 --gamma 0.7", {"lr": 0.1, **STEP}),
@@ -308,7 +337,7 @@ COMMAND_LINES = [
     ("the rule's edge: SGD asked for", "--lr 1.0 --momentum 0.5", {"lr": 1.0}),
     ("the rule's edge: SGD asked for", "--lr 1.0 --momentum 0", {"lr": 1.0, "momentum": 0.0}),
 ]
-RUN_OPTIONS = {"device": "cuda", "dry_run": False, "saved": None}
+RUN_OPTIONS = {"device": "cuda", "dry_run": False, "saved": None}  # the rest: recipe fields
 
 
 def what_it_trains(argv: list[str], monkeypatch) -> dict:
@@ -351,7 +380,8 @@ def test_a_command_line_of_either_version_does_what_it_did_there_or_says_what_to
     seen = what_it_trains(argv, monkeypatch)
     options = {**RUN_OPTIONS, **{k: v for k, v in outcome.items() if k in RUN_OPTIONS}}
     fields = {k: v for k, v in outcome.items() if k not in RUN_OPTIONS}
-    assert seen["recipe"] == get_recipe("classic", **fields) and seen["model"] == "net"
+    recipe, model = fields.pop("recipe", "classic"), fields.pop("model", "net")
+    assert seen["recipe"] == get_recipe(recipe, **fields) and seen["model"] == model
     assert seen["device"] == torch.device(options["device"])
     assert (seen["dry_run"], seen["saved"], seen["seed"]) == (
         options["dry_run"],
@@ -369,3 +399,128 @@ def test_the_table_covers_every_flag_of_both_versions_with_its_default():
     assert RECIPES["classic"] == get_recipe(
         "classic", batch_size=64, test_batch_size=1000, epochs=10, lr=0.01, momentum=0.5
     ), "the classic recipe is d8dd8ca^'s defaults"
+
+
+# --------------------------------------------------------------------------- the example's recipe
+
+
+def upstream(version: str) -> dict:
+    """The example's ``main.py`` of ``version``, run as a module (not as ``__main__``): its
+    ``Net``, ``train``, ``test`` and ``main``, untouched."""
+    return runpy.run_path(str(example_compat.EXAMPLE_SCRIPTS[version]), run_name="upstream")
+
+
+def small(dataset, n: int):
+    """The first ``n`` images of ``dataset``: the same files and transform, fewer images."""
+    return Subset(dataset, range(n))
+
+
+def test_the_example_recipe_prints_the_examples_lines_over_epochs(monkeypatch, capsys):
+    """The example's own ``main()`` and the ``example`` recipe, both on the first 6,400 training
+    and 2,000 test images, three epochs: every line alike, so the random draws come in the same
+    order across epochs (the shuffle of each epoch, dropout's, the test set's shuffle)."""
+    example = upstream("d8dd8ca^")
+
+    def mnist(root, train=True, download=False, transform=None):
+        full = load_mnist(train=train, transform=transform)
+        return small(full, 6400 if train else 2000)
+
+    # its own name for torchvision.datasets, replaced in its globals only
+    monkeypatch.setitem(example["main"].__globals__, "datasets", SimpleNamespace(MNIST=mnist))
+    monkeypatch.setattr("sys.argv", ["main.py", "--epochs", "3", "--no-cuda"])
+    example["main"]()
+    theirs = capsys.readouterr().out
+
+    def load_small(*, train, transform, **where):
+        return small(load_mnist(train=train, transform=transform, **where), 6400 if train else 2000)
+
+    monkeypatch.setattr("mnist_dissected.train.load_mnist", load_small)
+    run = train_model("net", "example", epochs=3, device="cpu", progress=False)
+    ours = capsys.readouterr().out
+    assert ours.count("Train Epoch: 3 [") == 10 and ours.count("Test set:") == 3
+    assert ours == theirs, "line for line, loss for loss"
+    assert run.test["n"] == 2000 and len(run.history) == 3
+
+
+@pytest.mark.slow
+def test_the_example_recipe_reproduces_the_examples_own_run(capsys):
+    """The example's script itself, untouched, as a reader runs it (``--epochs 1 --no-cuda``,
+    all of MNIST), against ``train --recipe example``: the same 95 lines."""
+    theirs = example_compat.run_example("--epochs", "1", "--no-cuda")
+    assert cli.main(["train", "--recipe", "example", "--epochs", "1", "--device", "cpu"]) == 0
+    ours = capsys.readouterr().out
+    assert ours.splitlines()[0] == "Training net with the example recipe on cpu"
+    ours = ours.split("\n", 1)[1]
+    assert theirs.count("Train Epoch: 1 [") == 94 and "Test set: Average loss" in theirs
+    assert ours == theirs
+
+
+def test_run_example_refuses_an_unknown_version_and_leaves_nothing(tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="unknown version 'main'"):
+        example_compat.run_example(version="main")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(example_compat.ExampleRunError, match="exited with 2") as err:
+        example_compat.run_example("--no-such-flag")
+    assert "unrecognized arguments: --no-such-flag" in str(err.value)
+    assert list(tmp_path.iterdir()) == [], "its temporary folder is gone"
+
+
+def test_the_upstream_scripts_are_upstreams_byte_for_byte():
+    """SHA-256 of pytorch/examples' mnist/main.py at d8dd8ca^ and at 77f55b9."""
+    digests = {
+        "d8dd8ca^": "de19a14e10e8b479cf1e9d400429e1d0e730e3eb71776a35c7dc3e06c6700c09",
+        "77f55b9": "30a3359d1911d2d859dd090ce20be7ed132a33f508dc389f40366010b3e9ecc8",
+    }
+    for version, path in example_compat.EXAMPLE_SCRIPTS.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[version], version
+
+
+# --------------------------------------------------------------------------- today's example
+
+
+def test_todaynet_is_todays_examples_net_weight_for_weight_and_output_for_output():
+    theirs_class = upstream("77f55b9")["Net"]
+    torch.manual_seed(1)
+    theirs = theirs_class()
+    torch.manual_seed(1)
+    ours = models.TodayNet()
+    assert shapes(theirs) == shapes(ours)
+    for (name, a), b in zip(theirs.state_dict().items(), ours.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert models.count_parameters(ours) == 1_199_882
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(theirs.eval()(x), ours.eval()(x))
+    theirs.train(), ours.train()
+    torch.manual_seed(2)
+    expected = theirs(x)
+    torch.manual_seed(2)
+    assert torch.equal(ours(x), expected), "dropout draws in the same order"
+
+
+def test_the_today_recipe_is_todays_defaults_with_their_learning_rates_epoch_by_epoch():
+    recipe = RECIPES["today"]
+    assert (recipe.batch_size, recipe.test_batch_size, recipe.epochs) == (64, 1000, 14)
+    assert (recipe.optimizer, recipe.lr, recipe.schedule, recipe.gamma) == (
+        "adadelta",
+        1.0,
+        "step",
+        0.7,
+    )
+    model = models.TodayNet()
+    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=3)
+    assert isinstance(optimizer, torch.optim.Adadelta)
+    theirs = torch.optim.Adadelta(models.TodayNet().parameters(), lr=1.0)
+    assert optimizer.defaults == theirs.defaults
+    upstream_scheduler = torch.optim.lr_scheduler.StepLR(theirs, step_size=1, gamma=0.7)
+    for _epoch in range(4):  # the example steps its StepLR once per epoch, the package per batch
+        for _step in range(3):
+            assert optimizer.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+            optimizer.step(), scheduler.step()
+        upstream_scheduler.step()
+    assert theirs.param_groups[0]["lr"] == pytest.approx(0.7**4)
+
+
+def test_todays_example_trains_here_one_batch(capsys):
+    run = train_model("today", "today", dry_run=True, device="cpu", progress=False)
+    assert type(run.model) is models.TodayNet and len(run.history[0]["step_losses"]) == 1
+    assert "Train Epoch: 1 [0/55000 (0%)]" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from mnist_dissected.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from mnist_dissected.models import LeNet, Net
+from mnist_dissected.models import LeNet, Net, model_class
 from mnist_dissected.recipes import RECIPES, RUN_OPTIONS, get_recipe
 from mnist_dissected.train import Trained
 
@@ -73,7 +73,7 @@ def fake_training(monkeypatch, calls):
     def train_model(name, recipe, *, seed, device=None, **kwargs):
         calls.append(seed)
         torch.manual_seed(seed)
-        model = Net(dropout=0.0)
+        model = Net(dropout=0.0) if name == "net" else model_class(name)()
         return Trained(
             model,
             [{"epoch": 1, "val_accuracy": 0.99}],
@@ -82,6 +82,39 @@ def fake_training(monkeypatch, calls):
         )
 
     monkeypatch.setattr(P, "train_model", train_model)
+
+
+def test_todays_network_is_cached_under_its_own_name_and_never_taken_for_net(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls)
+    today = get_recipe("today", epochs=1)
+    model, meta = P.load_or_train(recipe=today, model="today", root=tmp_path)
+    path = P.default_checkpoint_path(today, model="today", root=tmp_path)
+    assert path.is_file() and path.name.startswith("today_today_seed1_")
+    assert type(model).__name__ == "TodayNet" and meta["architecture"] == "today"
+    assert P.default_checkpoint_path(today, root=tmp_path) != path, "Net's key differs"
+    P.load_or_train(recipe=today, model="today", root=tmp_path)
+    assert calls == [1], "the second call reads the cache"
+    P.load_or_train(recipe=today, root=tmp_path)  # Net with the same recipe: its own file
+    assert calls == [1, 1]
+
+
+def test_a_model_cached_by_an_older_training_stream_is_trained_again(tmp_path, monkeypatch):
+    """The cache key and the file both carry the stream: a model whose random draws came in
+    another order (before the progress bar stopped drawing a shuffle) is never reused."""
+    calls = []
+    fake_training(monkeypatch, calls)
+    path = P.default_checkpoint_path(RECIPES["fast"], root=tmp_path)
+    path.parent.mkdir(parents=True)
+    save_checkpoint(
+        path,
+        Net(dropout=0.0),
+        recipe=RECIPES["fast"],
+        seed=1,
+        extra={"written_by": P.WRITTEN_BY, "stream": P.TRAINING_STREAM - 1},
+    )
+    P.load_or_train(root=tmp_path)
+    assert calls == [1] and read_checkpoint(path)["stream"] == P.TRAINING_STREAM
 
 
 def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch):
