@@ -28,6 +28,10 @@ python, device, threads, processor), ``one_time_s`` (``data_tensors``, ``compile
 seed: ``seed``, ``train_s``, ``val_accuracy`` per epoch, ``test_accuracy``), ``reached_99``,
 ``seeds``, ``median_s``, ``min_s``, ``max_s`` (seconds to 99% among the seeds that reached
 it)), ``skipped`` (variant -> why), ``ratio_fast_to_99_over_classic_dataloader_epoch``.
+
+A run takes minutes, so it first says what it will measure and about how long that takes
+(:func:`plan`), then prints each figure as soon as it is measured, flushed, one line each, then
+the table; with ``--json`` those lines go to stderr, and stdout is the one object, at the end.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -53,6 +57,19 @@ from .recipes import get_recipe, make_optimizer
 from .train import train_epoch, train_model
 
 TARGET = 0.99
+# Seconds each part took on the README's idle 2-core CPU (AMD EPYC, 2026-11-23), for the estimate
+# said before a run (:func:`plan`) and nothing else: "start" is loading, tensors and warm-up; a
+# variant's figure is per seed (training and scoring); graphed is a guess (no GPU there).
+REFERENCE_S = {"start": 5, "dataloader": 36, "tensors": 17, "step": 2, "compile": 9}
+REFERENCE_S |= {"eager": 26, "compiled": 33, "graphed": 26}
+# Each variant's one-time cost: what it is called in a line, and its key in ``one_time_s``.
+SET_UP = {"compiled": ("compiling", "compile"), "graphed": ("capturing", "cuda_graph_capture")}
+
+Say = Callable[[str], None]
+
+
+def _silent(line: str) -> None:
+    """Where progress goes unless asked for: a notebook calling :func:`measure` shows its own."""
 
 
 def processor_name(device: torch.device) -> str:
@@ -222,9 +239,13 @@ def profile_step(
     }
 
 
-def fast_runs(device: torch.device, seeds: int, **options: Any) -> dict[str, Any]:
+def fast_runs(
+    device: torch.device, seeds: int, *, name: str = "eager", say: Say = _silent, **options: Any
+) -> dict[str, Any]:
     """The fast recipe for seeds 1..``seeds``: training seconds, validation per epoch, and the
-    test accuracy scored once at the end, with the summary figures."""
+    test accuracy scored once at the end, with the summary figures. Each seed's figures are
+    ``say``-ed as soon as it ends (a seed takes tens of seconds on a CPU), as ``name`` (the
+    variant ``options`` make) with its one-time cost (:data:`SET_UP`)."""
     runs, setups = [], []
     for seed in range(1, seeds + 1):
         run = train_model(
@@ -240,6 +261,11 @@ def fast_runs(device: torch.device, seeds: int, **options: Any) -> dict[str, Any
                 "test_accuracy": run.test["accuracy"],
             }
         )
+        set_up = f"{SET_UP[name][0]} {run.setup_s:.2f} s, " if name in SET_UP else ""
+        say(
+            f"fast recipe {name}, seed {seed} of {seeds}: {set_up}training "
+            f"{runs[-1]['train_s']:.2f} s, test accuracy {100 * run.test['accuracy']:.2f}%"
+        )
     reached = [r["train_s"] for r in runs if r["test_accuracy"] >= TARGET]
     return {
         "epoch_s": statistics.median(s for r in runs for s in r["epoch_s"]),
@@ -253,8 +279,39 @@ def fast_runs(device: torch.device, seeds: int, **options: Any) -> dict[str, Any
     }
 
 
-def measure(device: torch.device, *, seeds: int = 5, quick: bool = False) -> dict[str, Any]:
-    """Every figure of the benchmark, as plain data (what ``--json`` prints)."""
+def plan(device: torch.device, *, seeds: int, quick: bool, skipped: dict[str, str]) -> list[str]:
+    """What a run will measure and about how long it takes, said before it starts: a reader
+    watching a terminal that stays silent for minutes cannot tell a slow machine from a hang.
+    The time is :data:`REFERENCE_S`'s, for an idle 2-core CPU: a rough guide, not a promise."""
+    variants = [v for v in ("eager", "compiled", "graphed") if v not in skipped]
+    parts = ["start", "tensors", "step", *([] if quick else ["dataloader"]), *(variants * seeds)]
+    parts += ["compile"] if "compiled" in variants else []
+    seconds = sum(REFERENCE_S[p] for p in parts)
+    about = f"{round(seconds, -1)} seconds" if seconds < 90 else f"{round(seconds / 60)} minutes"
+    epochs = "one whole-tensors epoch" if quick else "one DataLoader and one whole-tensors epoch"
+    return [
+        f"bench on {device}: timing {seeds} seed{'s' if seeds > 1 else ''} of the fast recipe "
+        f"({', '.join(variants)}), {epochs} of the example's recipe and one fast-recipe step: "
+        f"about {about} on an idle 2-core CPU (faster on a GPU, slower on a busy machine)",
+        *(f"  {name} not run: {why}" for name, why in skipped.items()),
+    ]
+
+
+def measure(
+    device: torch.device, *, seeds: int = 5, quick: bool = False, say: Say = _silent
+) -> dict[str, Any]:
+    """Every figure of the benchmark, as plain data (what ``--json`` prints). ``say`` gets the
+    :func:`plan` first, then a line for each figure as it is measured: what, how much, where."""
+
+    def figure(text: str) -> None:
+        say(f"  {text} on {device}")
+
+    reasons = {
+        "compiled": fastpath.compile_unavailable(device),
+        "graphed": fastpath.cuda_graph_unavailable(device),
+    }
+    skipped = {name: why or "--quick" for name, why in reasons.items() if quick or why}
+    say("\n".join(plan(device, seeds=seeds, quick=quick, skipped=skipped)))
     figures: dict[str, Any] = {
         "machine": {
             "torch": torch.__version__,
@@ -264,45 +321,46 @@ def measure(device: torch.device, *, seeds: int = 5, quick: bool = False) -> dic
             "processor": processor_name(device),
         },
         "one_time_s": {"data_tensors": None, "compile": None, "cuda_graph_capture": None},
-        "classic_epoch_s": {"dataloader": None, "tensors": None},
+        "classic_epoch_s": (classic := {"dataloader": None, "tensors": None}),
         "step": None,
         "fast": {},
-        "skipped": {},
+        "skipped": skipped,
     }
     train_set = load_mnist(train=True, transform=mnist_transform())
     start = time.perf_counter()
     tensors = TensorBatches.from_dataset(train_set, device, batch_size=64, shuffle=True, seed=1)
     synchronize(device)
     figures["one_time_s"]["data_tensors"] = time.perf_counter() - start
+    figure(f"data as tensors (one-time): {figures['one_time_s']['data_tensors']:.2f} s")
 
     # Warm-up: the first steps pay for allocations and kernel selection.
     train_model("net", "fast", device=device, progress=False, verbose=False, dry_run=True)
     if not quick:
         loader = make_loader(train_set, batch_size=64, shuffle=True, seed=1)
-        figures["classic_epoch_s"]["dataloader"] = time_epoch(loader, device)
-    figures["classic_epoch_s"]["tensors"] = time_epoch(tensors, device)
-    figures["step"] = profile_step(device, steps=3 if quick else 10)
+        classic["dataloader"] = time_epoch(loader, device)
+        figure(f"example's recipe, one DataLoader epoch: {classic['dataloader']:.2f} s")
+    classic["tensors"] = time_epoch(tensors, device)
+    figure(f"example's recipe, one whole-tensors epoch: {classic['tensors']:.2f} s")
+    step = figures["step"] = profile_step(device, steps=3 if quick else 10)
+    figure(
+        f"one fast-recipe step (batch {step['batch_size']}): {step['step_ms']:.1f} ms, "
+        f"{step['gflops']:.1f} GFLOP/s (a large matrix product: "
+        f"{step['matmul_gflops']:.1f} GFLOP/s)"
+    )
 
-    figures["fast"]["eager"] = fast_runs(device, seeds)
-    variants = {"compiled": {"compile": True}, "graphed": {"cuda_graph": True}}
-    reasons = {
-        "compiled": fastpath.compile_unavailable(device),
-        "graphed": fastpath.cuda_graph_unavailable(device),
-    }
-    for name, options in variants.items():
-        if quick or reasons[name]:
-            figures["skipped"][name] = reasons[name] or "--quick"
-            continue
-        result = fast_runs(device, seeds, **options)
-        figures["fast"][name] = result
-        key = "compile" if name == "compiled" else "cuda_graph_capture"
-        figures["one_time_s"][key] = result["setup_s"][0]  # the first: nothing cached yet
+    variants = {"eager": {}, "compiled": {"compile": True}, "graphed": {"cuda_graph": True}}
+    for name, options in ((n, o) for n, o in variants.items() if n not in skipped):
+        result = figures["fast"][name] = fast_runs(device, seeds, name=name, say=figure, **options)
+        median = "" if result["median_s"] is None else f" in {result['median_s']:.2f} s median"
+        figure(f"fast recipe {name}: 99% reached by {result['reached_99']}/{seeds} seeds{median}")
+        if name in SET_UP:  # the first seed's: nothing cached yet
+            figures["one_time_s"][SET_UP[name][1]] = result["setup_s"][0]
 
     best = min((v["median_s"] for v in figures["fast"].values() if v["median_s"]), default=None)
-    epoch = figures["classic_epoch_s"]["dataloader"]
-    figures["ratio_fast_to_99_over_classic_dataloader_epoch"] = (
-        best / epoch if best and epoch else None
-    )
+    ratio = best / classic["dataloader"] if best and classic["dataloader"] else None
+    figures["ratio_fast_to_99_over_classic_dataloader_epoch"] = ratio
+    if ratio is not None:
+        figure(f"fast recipe's median seconds to 99% / one DataLoader epoch: {ratio:.2f}")
     return figures
 
 
@@ -365,8 +423,15 @@ def report(figures: dict[str, Any]) -> str:
 def run_bench(
     device: str | None = None, *, seeds: int = 5, quick: bool = False, as_json: bool = False
 ) -> int:
-    """Measure and print (a table, or JSON); returns 0 (an exit status)."""
-    figures = measure(pick_device(device), seeds=seeds, quick=quick)
-    print(json.dumps(figures, indent=2) if as_json else report(figures))
+    """Measure and print (a table, or JSON); returns 0 (an exit status). Progress (the plan,
+    then each figure as it is measured) is flushed line by line, to stderr with ``as_json`` so
+    that stdout is the one JSON object, printed at the end."""
+    stream = sys.stderr if as_json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    figures = measure(pick_device(device), seeds=seeds, quick=quick, say=say)
+    print(json.dumps(figures, indent=2) if as_json else "\n" + report(figures))
     sys.stdout.flush()
     return 0

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -192,3 +193,169 @@ def test_quick_json_has_the_documented_keys():
     assert figures["skipped"]["graphed"]  # says why (no CUDA here, or --quick)
     assert figures["step"]["flops_per_step"] == 2 * 256 * (480_500 + 817_000)
     assert "Fast recipe" in report(figures)
+    assert result.stderr.startswith("bench on cpu: timing 1 seed of the fast recipe (eager)")
+    assert "  fast recipe eager, seed 1 of 1: training " in result.stderr
+
+
+class FlushedLines:
+    """Stands in for stdout or stderr: text counts as shown only once flushed (as through a
+    pipe), and each line shown goes on the shared ``timeline`` as (stream name, line)."""
+
+    def __init__(self, name: str, timeline: list) -> None:
+        self.name, self.timeline, self.pending = name, timeline, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        return len(text)
+
+    def flush(self) -> None:
+        *shown, self.pending = self.pending.split("\n")
+        self.timeline.extend((self.name, line) for line in shown)
+
+
+def shown_on(timeline: list, monkeypatch) -> None:
+    """stdout and stderr as :class:`FlushedLines` on ``timeline``: called in the test itself,
+    since pytest puts its own capturing streams back between a fixture and the test."""
+    monkeypatch.setattr(sys, "stdout", FlushedLines("stdout", timeline))
+    monkeypatch.setattr(sys, "stderr", FlushedLines("stderr", timeline))
+
+
+@pytest.fixture
+def timeline(monkeypatch) -> list:
+    """bench with every measurement faked (instant, known figures, no data read), each noted
+    as ("measure", what) as it starts, in the list that :func:`shown_on` adds lines to."""
+    events: list = []
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(bench, "load_mnist", lambda **kwargs: "the training set")
+    monkeypatch.setattr(bench, "make_loader", lambda *args, **kwargs: "DataLoader")
+
+    def from_dataset(*args, **kwargs):
+        events.append(("measure", "data as tensors"))
+        clock.now += 0.25
+        return "whole tensors"
+
+    def time_epoch(batches, device):
+        events.append(("measure", f"{batches} epoch"))
+        return {"DataLoader": 36.0, "whole tensors": 18.0}[batches]
+
+    def profile_step(device, *, steps):
+        events.append(("measure", "step"))
+        share = {part: 0.0 for part, _ in STEP_PARTS} | {"everything else": 1.0}
+        figures = dict(batch_size=256, step_ms=36.0, share=share, top=[], operators_per_step=192)
+        return figures | dict(flops_per_step=664e6, gflops=18.4, matmul_gflops=67.0)
+
+    def train_model(model, recipe, *, seed=1, dry_run=False, compile=False, **kwargs):
+        variant = "compiled" if compile else "eager"
+        events.append(("measure", "warm-up" if dry_run else f"{variant} seed {seed}"))
+        epoch = {"eager": 3.0, "compiled": 4.0}[variant]
+        history = [{"train_seconds": epoch, "val_accuracy": 0.98}] * 3
+        accuracy = {1: 0.9914, 2: 0.9897}[seed]  # seed 2 misses 99%
+        setup = 9.0 / seed if compile else 0.0  # compiling once, then from the cache
+        return SimpleNamespace(history=history, test={"accuracy": accuracy}, setup_s=setup)
+
+    monkeypatch.setattr(bench, "TensorBatches", SimpleNamespace(from_dataset=from_dataset))
+    for fake in (time_epoch, profile_step, train_model):
+        monkeypatch.setattr(bench, fake.__name__, fake)
+    monkeypatch.setattr(bench.fastpath, "compile_unavailable", lambda device: None)
+    return events
+
+
+def assert_in_order(events: list, expected: list) -> None:
+    """``events`` are ``expected``, one for one: the same stream or measurement, in the same
+    order, each line containing the text expected of it."""
+    assert [kind for kind, _ in events] == [kind for kind, _ in expected], events
+    for (kind, got), (_, text) in zip(events, expected, strict=True):
+        assert text in got, (kind, got, text)
+
+
+# What a run with the fakes of ``timeline`` measures ("measure", what) and says about it ("said",
+# the text a line must contain), in the order it must happen, in pieces that runs share.
+DATA = [
+    ("measure", "data as tensors"),
+    ("said", "  data as tensors (one-time): 0.25 s on cpu"),
+    ("measure", "warm-up"),
+]
+DATALOADER = [
+    ("measure", "DataLoader epoch"),
+    ("said", "  example's recipe, one DataLoader epoch: 36.00 s on cpu"),
+]
+TENSORS_AND_STEP = [
+    ("measure", "whole tensors epoch"),
+    ("said", "  example's recipe, one whole-tensors epoch: 18.00 s on cpu"),
+    ("measure", "step"),
+    ("said", "  one fast-recipe step (batch 256): 36.0 ms, 18.4 GFLOP/s (a large matrix "),
+]
+
+
+def on(stream: str, expected: list) -> list:
+    """``expected`` with its lines said on ``stream``."""
+    return [(stream if kind == "said" else kind, text) for kind, text in expected]
+
+
+def test_with_json_each_figure_goes_to_stderr_as_measured_and_stdout_is_one_object(
+    timeline, monkeypatch
+):
+    """The plan first, then a line per figure, each flushed to stderr after its measurement
+    and before the next one starts; stdout is only the JSON object, printed at the end."""
+    shown_on(timeline, monkeypatch)
+    assert bench.run_bench("cpu", seeds=1, quick=True, as_json=True) == 0
+    progress = [event for event in timeline if event[0] != "stdout"]
+    plan = [
+        ("said", "bench on cpu: timing 1 seed of the fast recipe (eager), one whole-tensors "),
+        ("said", "  compiled not run: --quick"),
+        ("said", "  graphed not run: CUDA graphs need an NVIDIA GPU"),
+    ]
+    eager = [
+        ("measure", "eager seed 1"),
+        ("said", "  fast recipe eager, seed 1 of 1: training 9.00 s, test accuracy 99.14% on cpu"),
+        ("said", "  fast recipe eager: 99% reached by 1/1 seeds in 9.00 s median on cpu"),
+    ]
+    assert_in_order(progress, on("stderr", plan + DATA + TENSORS_AND_STEP + eager))
+    assert "about " in progress[0][1]  # how long, roughly: the number is not checked
+    output = [line for stream, line in timeline if stream == "stdout"]
+    assert timeline[-len(output) :] == [("stdout", line) for line in output], "all at the end"
+    figures = json.loads("\n".join(output))  # one object: a second one would be "Extra data"
+    assert figures["one_time_s"]["data_tensors"] == 0.25
+    assert figures["fast"]["eager"]["runs"][0]["train_s"] == 9.0
+    assert set(figures["skipped"]) == {"compiled", "graphed"}
+
+
+def test_without_json_each_figure_is_printed_as_measured_then_the_table(timeline, monkeypatch):
+    """Every figure of a full run (DataLoader epoch, two variants, the ratio) has its line on
+    stdout before the next measurement starts; the table the README quotes follows them."""
+    shown_on(timeline, monkeypatch)
+    assert bench.run_bench("cpu", seeds=2, quick=False) == 0
+    plan = [
+        ("said", "bench on cpu: timing 2 seeds of the fast recipe (eager, compiled), one "),
+        ("said", "  graphed not run: CUDA graphs need an NVIDIA GPU"),
+    ]
+    fast = [
+        ("measure", "eager seed 1"),
+        ("said", "  fast recipe eager, seed 1 of 2: training 9.00 s, test accuracy 99.14% on cpu"),
+        ("measure", "eager seed 2"),
+        ("said", "  fast recipe eager, seed 2 of 2: training 9.00 s, test accuracy 98.97% on cpu"),
+        ("said", "  fast recipe eager: 99% reached by 1/2 seeds in 9.00 s median on cpu"),
+        ("measure", "compiled seed 1"),
+        ("said", "compiled, seed 1 of 2: compiling 9.00 s, training 12.00 s, test accuracy 99.14%"),
+        ("measure", "compiled seed 2"),
+        ("said", "compiled, seed 2 of 2: compiling 4.50 s, training 12.00 s, test accuracy 98.97%"),
+        ("said", "  fast recipe compiled: 99% reached by 1/2 seeds in 12.00 s median on cpu"),
+        ("said", "  fast recipe's median seconds to 99% / one DataLoader epoch: 0.25 on cpu"),
+    ]
+    expected = on("stdout", plan + DATA + DATALOADER + TENSORS_AND_STEP + fast)
+    assert_in_order(timeline[: len(expected)], expected)
+    assert "one DataLoader and one whole-tensors epoch" in timeline[0][1]
+    table = timeline[len(expected) :]
+    assert {stream for stream, _ in table} == {"stdout"}, "the table after the last figure"
+    table = [line for _, line in table]
+    assert table[0] == "" and table[1].startswith("mnist-dissected bench: torch ")
+    assert "  torch.compile (first run)    9.00" in table
+
+
+def test_measure_says_nothing_unless_given_somewhere_to_say_it(timeline, monkeypatch):
+    """A notebook calling ``measure`` gets the figures back, not lines in its output."""
+    shown_on(timeline, monkeypatch)
+    figures = bench.measure(torch.device("cpu"), seeds=1, quick=True)
+    assert [kind for kind, _ in timeline] == ["measure"] * 5
+    assert figures["classic_epoch_s"] == {"dataloader": None, "tensors": 18.0}
