@@ -55,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(
             "train",
             help="train a model (the PyTorch MNIST example's flags)",
-            description="Train Net or LeNet on MNIST, as pytorch/examples' mnist/main.py does. "
-            "Recipe defaults apply where a flag is not given. 5,000 training images are held "
-            "out for validation (scored each epoch); the test set is scored once, at the end. "
-            "Under torchrun it trains with DistributedDataParallel.",
+            description="Train Net, LeNet or TodayNet on MNIST, as pytorch/examples' "
+            "mnist/main.py does. Recipe defaults apply where a flag is not given. 5,000 "
+            "training images are held out for validation (scored each epoch); the test set is "
+            "scored once, at the end (but with --recipe example, the example's run itself: all "
+            "60,000 images, the test set after every epoch). Under torchrun it trains with "
+            "DistributedDataParallel.",
         )
     )
     add_bench_flags(
@@ -95,12 +97,19 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     line on purpose: this is the command line's reference, read top to bottom."""
     # Long on purpose: one flag per statement, the command line read top to bottom.
     number = {"metavar": "N", "type": positive_int}
-    t.add_argument("--model", choices=sorted(MODELS), default="net", help="architecture")
+    t.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="net",
+        help="architecture: net (the example of d8dd8ca^), lenet, today (today's example)",
+    )
     t.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         default="classic",
-        help="classic: the example's SGD; fast: Adam + one-cycle, about 99%% in 3 epochs",
+        help="classic: the example's SGD with a validation split; example: the example's "
+        "run exactly; today: today's example's Adadelta + StepLR (with --model today); fast: "
+        "Adam + one-cycle, about 99%% in 3 epochs",
     )
     t.add_argument(
         "--batch-size", **number, help="input batch size for training (classic 64, fast 256)"
