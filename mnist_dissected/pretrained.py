@@ -92,7 +92,7 @@ def load_or_train(
     recipe: str | Recipe = "fast",
     seed: int = 1,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool = True,
     root: str | os.PathLike | None = None,
     model: str = "net",
 ) -> tuple[MNISTModel, dict[str, Any]]:
@@ -107,6 +107,9 @@ def load_or_train(
     is replaced only if load_or_train wrote it (or it is in the cache, ``path=None``): anything
     else, e.g. a checkpoint saved with another recipe, raises :class:`~mnist_dissected.
     checkpoint.CheckpointError` and is left as it is. Nobody's file is trained over.
+
+    When it has to train, it says why on stderr first and shows a progress bar per epoch
+    (``progress=False``: no bar), so that a first run that takes minutes is never silent.
 
     Returns the model in eval mode on ``device`` (default :func:`~mnist_dissected.devices.
     pick_device`'s choice), the same device whether it was trained now or read from the cache,
@@ -134,7 +137,13 @@ def load_or_train(
                 if not cache and meta.get("written_by") != WRITTEN_BY:
                     wanted = f"{model} trained with this recipe and seed {seed}"
                     raise _not_ours(path, f"holds another model than {wanted}")
-                print(f"{path} was trained differently; training again", file=sys.stderr)
+                print(f"{path.name} was trained differently; training again", file=sys.stderr)
+        else:
+            print(
+                f"No cached {model} for the {recipe.name} recipe and seed {seed}: training it "
+                f"now, once ({recipe.epochs} epochs; later runs read {path.name})",
+                file=sys.stderr,
+            )
         run = train_model(
             model, recipe, seed=seed, device=device, progress=progress, verbose=False, root=root
         )

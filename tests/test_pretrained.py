@@ -298,3 +298,17 @@ def test_two_processes_at_once_share_one_training(tmp_path):
     assert (tmp_path / "trainings").read_text() == "x", "trained once, loaded once"
     assert read_checkpoint(tmp_path / "net.pt")["seed"] == 5
     assert sorted(os.listdir(tmp_path)) == ["net.pt", "trainings"], "no lock file left"
+
+
+def test_training_says_why_first_without_a_machine_path(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake_training(monkeypatch, calls)
+    P.load_or_train(root=tmp_path)
+    name = P.default_checkpoint_path(RECIPES["fast"], root=tmp_path).name
+    err = capsys.readouterr().err
+    assert err == (
+        "No cached net for the fast recipe and seed 1: training it now, once (3 epochs; later "
+        f"runs read {name})\n"
+    )
+    P.load_or_train(root=tmp_path)
+    assert capsys.readouterr().err == "" and calls == [1], "read from the cache: nothing said"
