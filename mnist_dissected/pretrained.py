@@ -145,7 +145,14 @@ def load_or_train(
                 file=sys.stderr,
             )
         run = train_model(
-            model, recipe, seed=seed, device=device, progress=progress, verbose=False, root=root
+            model,
+            recipe,
+            seed=seed,
+            device=device,
+            progress=progress,
+            verbose=False,
+            log_interval=0,  # the bar says how far it got; no Train Epoch lines
+            root=root,
         )
         save_checkpoint(
             path,

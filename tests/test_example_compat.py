@@ -443,6 +443,7 @@ def test_the_example_recipe_prints_the_examples_lines_over_epochs(monkeypatch, c
 
 
 @pytest.mark.slow
+@pytest.mark.newest_only  # two epochs of training; the 3-epoch test above runs at the floors
 def test_the_example_recipe_reproduces_the_examples_own_run(capsys):
     """The example's script itself, untouched, as a reader runs it (``--epochs 1 --no-cuda``,
     all of MNIST), against ``train --recipe example``: the same 95 lines."""

@@ -119,6 +119,20 @@ def test_every_solution_is_executed(notebook):
         assert block.strip() in code, f"solution not executed in any code cell:\n{block}"
 
 
+def test_test_machinery_stays_out_of_the_learners_code_and_prose(notebook):
+    """nbval's markers are cell tags, never comment lines in the code a learner reads; the
+    lessons never talk about the comparison (the README and Part 1 say how the notebooks check
+    themselves, once)."""
+    path, nb = notebook
+    for i, cell in enumerate(nb["cells"]):
+        text = source(cell)
+        assert "NBVAL_" not in text, f"{path.name} cell {i}: a marker in the code, not a tag"
+        if cell["cell_type"] == "markdown" and path.name[0] != "1":
+            lowered = text.lower()
+            for phrase in ("nbval", "is not compared", "output is not compared"):
+                assert phrase not in lowered, f"{path.name} cell {i}: {phrase!r} in the lesson"
+
+
 def test_opening_in_jupyterlab_does_not_change_the_kernelspec(notebook):
     """JupyterLab rewrites a kernelspec that differs from ipykernel's: the file would change."""
     _, nb = notebook
