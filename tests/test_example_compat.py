@@ -517,6 +517,7 @@ def test_the_today_recipe_is_todays_defaults_with_their_learning_rates_epoch_by_
         for _step in range(3):
             assert optimizer.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
             optimizer.step(), scheduler.step()
+        theirs.step()  # no gradients: nothing moves, but the scheduler sees a step taken
         upstream_scheduler.step()
     assert theirs.param_groups[0]["lr"] == pytest.approx(0.7**4)
 
@@ -525,3 +526,20 @@ def test_todays_example_trains_here_one_batch(capsys):
     run = train_model("today", "today", dry_run=True, device="cpu", progress=False)
     assert type(run.model) is models.TodayNet and len(run.history[0]["step_losses"]) == 1
     assert "Train Epoch: 1 [0/55000 (0%)]" in capsys.readouterr().out
+
+
+def test_todays_mnist_cnn_pt_works_where_a_checkpoint_does_the_widget_included(tmp_path):
+    """Today's example's file (``torch.save(model.state_dict(), "mnist_cnn.pt")``) in Part 5's
+    and the widget's path: loaded as a TodayNet, it reads a drawing (probabilities summing to 1,
+    a 28 x 28 saliency map)."""
+    from mnist_dissected import draw
+    from mnist_dissected.pretrained import load_or_train
+
+    torch.manual_seed(0)
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save(upstream("77f55b9")["Net"]().state_dict(), path)
+    model, meta = load_or_train(path, device="cpu")
+    assert type(model) is models.TodayNet and meta["format"] == "bare state_dict"
+    prediction = draw.predict_drawing(model, draw.load_drawing(7))
+    assert 0 <= prediction.digit <= 9 and tuple(prediction.saliency.shape) == (28, 28)
+    torch.testing.assert_close(prediction.probabilities.sum(), torch.tensor(1.0))
