@@ -11,7 +11,7 @@ ifeq ($(shell id -u 2>/dev/null),0)
 ROOT_ARGS := --allow-root
 endif
 
-.PHONY: lab test test-fast execute lint format bench clean
+.PHONY: lab test test-fast execute student lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mnist-dissected needs Python >= 3.10; run: make PYTHON=python3.12 ...")'
@@ -37,6 +37,10 @@ execute: $(STAMP)
 	cd notebooks && ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=1200 *.ipynb
 	$(BIN)/python tools/notebook_form.py notebooks/*.ipynb  # as JupyterLab saves them
+
+## Write the student edition into student/notebooks/: the notebooks without their solutions.
+student: $(STAMP)
+	$(BIN)/python tools/student_edition.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

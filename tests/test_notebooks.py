@@ -2,7 +2,8 @@
 
 nbval re-executes the notebooks; these tests check their shape: title, Colab badge and set-up
 cell agreeing with the one repository URL, the "where you are" list, numbered sections,
-exercises whose solutions are executed, and committed outputs from one top-to-bottom run.
+exercises whose solutions are checked (by the tests where they are graded, else in the
+notebook), and committed outputs from one top-to-bottom run.
 """
 
 import json
@@ -104,19 +105,43 @@ def test_sections_are_numbered_in_order(notebook):
     assert "## Summary" in headings and "## Exercises" in headings
 
 
-def test_every_solution_is_executed(notebook):
-    """A solution shown in <details> must also run (and assert) in a code cell, so it can't rot."""
-    _, nb = notebook
-    markdown = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
-    code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
-    solutions = [
+def tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def solution_blocks(markdown: str) -> list[str]:
+    return [
         block
         for details in re.findall(r"<details>(.*?)</details>", markdown, re.S)
         for block in re.findall(r"```python\n(.*?)```", details, re.S)
     ]
+
+
+def test_every_solution_is_checked_and_none_shows_on_run_all(notebook):
+    """Each exercise has a worked solution. In a part whose exercises are graded (cells tagged
+    ``exercise``), no solution runs on Run All: each sits collapsed in a markdown cell tagged
+    ``solution`` (the student edition removes those) and the tests run it
+    (``tests/test_exercises.py``). A part not yet converted still executes each solution in a
+    code cell, so that it cannot rot."""
+    path, nb = notebook
+    cells = nb["cells"]
+    markdown = "\n".join(source(c) for c in cells if c["cell_type"] == "markdown")
+    code = "\n".join(source(c) for c in cells if c["cell_type"] == "code")
+    solutions = solution_blocks(markdown)
     assert len(solutions) >= 3, "3-5 exercises, each with a worked solution"
+    if not any("exercise" in tags(c) for c in cells):
+        for block in solutions:
+            assert block.strip() in code, f"solution not executed in any code cell:\n{block}"
+        return
+    for cell in cells:
+        if cell["cell_type"] == "markdown" and "<details>" in source(cell):
+            assert "solution" in tags(cell), f"{path.name}: a solution not tagged 'solution'"
     for block in solutions:
-        assert block.strip() in code, f"solution not executed in any code cell:\n{block}"
+        assert block.strip() not in code, f"{path.name}: a solution runs on Run All:\n{block}"
+    exercises = [c for c in cells if "exercise" in tags(c)]
+    assert len(exercises) >= 3, "at least three exercises that require writing code"
+    for cell in exercises:
+        assert "raise NotImplementedError" in source(cell), "an exercise ships as a stub"
 
 
 def test_test_machinery_stays_out_of_the_learners_code_and_prose(notebook):

@@ -1,0 +1,179 @@
+"""Write the student edition: the series' notebooks without their solutions (`make student`).
+
+Why this file exists: the series' notebooks are what a learner runs, and Run All never shows a
+solution (each sits collapsed in a Markdown cell). A teacher handing out the notebooks wants
+them gone altogether; this script writes that edition from the same notebooks, so the two
+cannot drift. nbconvert's ``TagRemovePreprocessor`` does the work, by cell tags:
+
+- ``solution`` (a Markdown cell: ``<details><summary>Solution</summary>`` around a ```` ```python
+  ```` block, the code that replaces the stub, then the explanation): removed.
+- ``exercise`` (the code cell with the stub, a bare ``raise NotImplementedError``) and
+  ``check`` (the one call that checks it, ``check_<name>(<name>)``, imported from
+  ``mnist_dissected.exercises_part<N>``): kept, their outputs cleared.
+- everything else: kept as committed, outputs included (executed as in the series).
+
+The title's Colab badge is pointed at the edition's own copy on GitHub
+(``<repository>/blob/<ref>/student/notebooks/<name>.ipynb``), and links into the repository
+(``../mnist_dissected/...``) gain one ``../``, since the edition sits one folder deeper. Each
+notebook is written as JupyterLab saves it (``notebook_form.lab_form``), so opening one in Lab
+and saving it changes nothing.
+
+Usage: ``python tools/student_edition.py [--out DIR] [--ref BRANCH] [NOTEBOOK ...]`` (by default
+every ``notebooks/[0-9]_*.ipynb`` into ``student/notebooks``, badges on ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbconvert.preprocessors import TagRemovePreprocessor
+from notebook_form import lab_form  # this folder: the script's, or put on sys.path by the tests
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISE, CHECK, SOLUTION = "exercise", "check", "solution"
+#: Where the edition lives in the repository, and so where its Colab badges point.
+EDITION = "student/notebooks"
+#: The line under each notebook's title that says what this edition is.
+NOTE = (
+    "*Student edition: the solutions are left out (the series' own notebook, "
+    "[`notebooks/{name}`](../../notebooks/{name}), has each folded under its exercise). Each "
+    "exercise has a cell for your code and a cell that checks it.*"
+)
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise of a notebook: the stub you fill in, its check, and (in the series) its
+    solution, the first Python block of the ``solution`` cell that follows."""
+
+    name: str
+    stub: str
+    check: str
+    solution: str | None
+
+
+def tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def source(cell: dict) -> str:
+    src = cell["source"]
+    return src if isinstance(src, str) else "".join(src)
+
+
+def solution_blocks(markdown: str) -> list[str]:
+    """The ```` ```python ```` blocks inside the ``<details>`` sections of ``markdown``."""
+    return [
+        block
+        for details in re.findall(r"<details>(.*?)</details>", markdown, re.S)
+        for block in re.findall(r"```python\n(.*?)```", details, re.S)
+    ]
+
+
+def exercises(notebook: dict) -> list[Exercise]:
+    """The exercises of a notebook, in order: each ``exercise`` cell, the ``check`` cell after
+    it, and the first solution block of the ``solution`` cell after that (if any)."""
+    cells, found = notebook["cells"], []
+    for i, cell in enumerate(cells):
+        if EXERCISE not in tags(cell):
+            continue
+        name = re.search(r"^(?:def|class) (\w+)", source(cell), re.M)
+        check = next((c for c in cells[i + 1 :] if CHECK in tags(c)), None)
+        if name is None or check is None:
+            raise ValueError(f"exercise cell {i}: no def/class, or no check cell after it")
+        answer = next((c for c in cells[i + 1 :] if SOLUTION in tags(c)), None)
+        blocks = solution_blocks(source(answer)) if answer else []
+        found.append(Exercise(name[1], source(cell), source(check), (blocks or [None])[0]))
+    return found
+
+
+def run_code(code: str, namespace: dict) -> str:
+    """Run a cell's code in ``namespace`` (in this process, no kernel) and return what it
+    printed. IPython's ``%`` lines (``%matplotlib inline``) are left out."""
+    lines = [line for line in code.splitlines() if not line.lstrip().startswith("%")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile("\n".join(lines), "<notebook cell>", "exec"), namespace)
+    return printed.getvalue()
+
+
+def notebook_namespace(notebook: dict, markers: tuple[str, ...] = ()) -> dict:
+    """The names a notebook's exercises use: its imports cell (the second code cell, after the
+    Colab set-up), then each code cell that contains one of ``markers``, in notebook order. How
+    the tests run an exercise and its check in seconds, without the rest of the notebook."""
+    code = [source(cell) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    wanted = {1}
+    for marker in markers:
+        found = [i for i, text in enumerate(code) if marker in text]
+        if len(found) != 1:
+            raise ValueError(f"{len(found)} code cells contain {marker!r}; expected one")
+        wanted.update(found)
+    namespace: dict = {}
+    for i in sorted(wanted):
+        run_code(code[i], namespace)
+    return namespace
+
+
+def colab_badge_target(text: str, stem: str, ref: str) -> str:
+    """``text`` with the Colab badge's link moved from the series' notebook to the edition's."""
+    repository = r"(https://colab\.research\.google\.com/github/[^/\s]+/[^/\s]+)"
+    pattern = rf"{repository}/blob/[^/\s]+/notebooks/{re.escape(stem)}\.ipynb"
+    moved, count = re.subn(pattern, rf"\1/blob/{ref}/{EDITION}/{stem}.ipynb", text)
+    if count != 1:
+        raise ValueError(f"{stem}: expected one Colab badge in the title cell, found {count}")
+    return moved
+
+
+def student_notebook(notebook: nbformat.NotebookNode, stem: str, *, ref: str = "main"):
+    """The student edition of one notebook (a new object; ``notebook`` is left as it was)."""
+    edition = copy.deepcopy(notebook)
+    remover = TagRemovePreprocessor(
+        remove_cell_tags={SOLUTION}, remove_all_outputs_tags={EXERCISE, CHECK}
+    )
+    edition, _ = remover.preprocess(edition, {})
+    for cell in edition.cells:
+        if cell.cell_type == "markdown":
+            cell.source = re.sub(r"\]\(\.\./", "](../../", cell.source)
+    title = edition.cells[0]
+    title.source = colab_badge_target(title.source, stem, ref)
+    heading, _, rest = title.source.partition("\n")
+    title.source = f"{heading}\n\n{NOTE.format(name=stem + '.ipynb')}\n{rest}"
+    return edition
+
+
+def build(out: Path, notebooks: list[Path], *, ref: str = "main") -> list[Path]:
+    """Write the student edition of each of ``notebooks`` into ``out``; return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+        edition = student_notebook(notebook, path.stem, ref=ref)
+        nbformat.validate(edition)
+        target = out / path.name
+        target.write_text(lab_form(nbformat.writes(edition)), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every part")
+    parser.add_argument("--out", type=Path, default=ROOT / EDITION, help="default: %(default)s")
+    parser.add_argument("--ref", default="main", help="the branch the Colab badges open")
+    args = parser.parse_args(argv)
+    notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9]_*.ipynb"))
+    for path in build(args.out, notebooks, ref=args.ref):
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
