@@ -206,6 +206,8 @@ def test_readme_badges_agree():
     readme = (ROOT / "README.md").read_text()
     for stem, _ in PARTS.values():
         assert f"({colab_url(stem)})" in readme
+        student = colab_url(stem).replace("/blob/main/notebooks/", "/blob/main/student/notebooks/")
+        assert f"({student})" in readme, f"the student edition of {stem} opens in Colab"
 
 
 def test_docstring_pointers_name_sections_that_exist():
