@@ -170,3 +170,8 @@ def test_the_wheel_holds_every_module_the_bundled_drawings_and_the_widget_front_
     assert {"mnist_dissected/widget/draw.js", "mnist_dissected/widget/draw.css"} <= front_end
     assert modules | drawings <= names
     assert front_end <= names, sorted(front_end - names)
+    upstream = {  # run_example runs them from the installed package (Part 4, §4.5)
+        f"mnist_dissected/upstream/{name}"
+        for name in ("main_d8dd8ca_parent.py", "main_77f55b9.py", "LICENSE", "README.md")
+    }
+    assert upstream <= names, sorted(upstream - names)
