@@ -1,8 +1,10 @@
 """Drawn diagrams for Parts 2 and 3: what one layer computes, with the numbers it computes.
 Part 2: a convolution's weighted sum (§2.3), channels summed into one map (§2.4), max pooling
-(§2.7, and its backward in Part 3, §3.9), dropout's mask (§2.9), the receptive field of one
-``conv2`` output (§2.5-2.6). The graphs (architectures, autograd, a linear layer's backward,
-DDP's all-reduce) are :mod:`~mnist_dissected.diagrams_graphs`'s.
+(§2.7, and its backward in Part 3, §3.9), ReLU and pooling in both orders (§2.8), dropout's mask
+(§2.9), flattening (§2.10), log-softmax (§2.11, and its gradient in Part 3, §3.10), the receptive
+field of one ``conv2`` output (§2.18); Part 3: ReLU's backward (§3.7). The graphs
+(architectures, autograd, a linear layer's backward, DDP's all-reduce) are
+:mod:`~mnist_dissected.diagrams_graphs`'s.
 
 Why this module exists: a picture of a convolution in a textbook shows made-up numbers; these
 show the numbers PyTorch computes (each figure runs the real ``F.conv2d``, ``F.max_pool2d``,
@@ -46,8 +48,12 @@ __all__ = [  # show_figure and alt_text too: a notebook imports all it needs fro
     "draw_channel_sum",
     "draw_convolution",
     "draw_dropout_mask",
+    "draw_flatten",
+    "draw_log_softmax",
     "draw_max_pool",
     "draw_receptive_field",
+    "draw_relu_and_pool",
+    "draw_relu_backward",
     "receptive_field",
     "show_figure",
 ]
@@ -120,10 +126,10 @@ def draw_channel_sum(inputs: Any, kernels: Any, *, bias: float = 0.0) -> Figure:
     out = board.grid(output, left, mid - output.shape[0] / 2, gid="output", title="output")
     for end in ends:
         board.arrow((end[0] + 0.2, end[1]), (left - 0.2, mid))
-    board.text(left + out.cols / 2, out.bottom + 0.9, f"Σ over {len(xs)} channels + {bias:g}")
+    board.text(left + out.cols / 2, out.bottom + 0.9, f"Σ over {len(xs)} channels + {number(bias)}")
     alt = (
         f"{len(xs)} input channels, each convolved with its own {size_text(*ks.shape[1:])} "
-        f"kernel; the {len(xs)} maps and the bias {bias:g} sum into one "
+        f"kernel; the {len(xs)} maps and the bias {number(bias)} sum into one "
         f"{size_text(*output.shape)} output map."
     )
     return board.finish("Channels are summed into one output map", alt)
@@ -183,10 +189,98 @@ def draw_dropout_mask(x: Any, *, p: float = 0.5, seed: int = 0) -> Figure:
     return board.finish(f"Dropout, p = {p:g}: a random mask, the rest scaled by 1/(1 − p)", alt)
 
 
+@styled
+def draw_relu_and_pool(x: Any, *, size: int = 2) -> Figure:
+    """ReLU and max pooling in both orders on one grid: ``Net``'s pool-then-ReLU above,
+    ``LeNet``'s ReLU-then-pool below, and the map each ends with. Part 2, §2.8: ReLU never
+    decreases, so the largest of a window stays the largest after it. The maps are
+    ``F.relu(F.max_pool2d(x))`` and ``F.max_pool2d(F.relu(x))``."""
+    grid = as_grid(x)
+    pooled = F.max_pool2d(grid[None, None], size)[0, 0]
+    relued = F.relu(grid)
+    pool_relu, relu_pool = F.relu(pooled), F.max_pool2d(relued[None, None], size)[0, 0]
+    pool, relu = f"→ pool {size}×{size} →", "→ ReLU →"
+    rows: list[list[Term]] = [
+        [shaped("input", grid), pool, ("pooled", "", pooled), relu],
+        [shaped("input2", grid, "input"), relu, ("relued", "", relued), pool],
+    ]
+    rows[0].append(("pool-relu", "pool, then ReLU (Net)", pool_relu))
+    rows[1].append(("relu-pool", "ReLU, then pool (LeNet)", relu_pool))
+    board, height = Board(), grid.shape[0] + 2.5
+    for k, terms in enumerate(rows):
+        board.equation(0, 1 + grid.shape[0] / 2 + k * height, terms)
+    same = "the same" if torch.equal(pool_relu, relu_pool) else "different"
+    alt = (
+        f"ReLU and {size}×{size} max pooling in both orders on a {size_text(*grid.shape)} grid: "
+        f"pooling then ReLU (Net) and ReLU then pooling (LeNet) give {same} "
+        f"{size_text(*pooled.shape)} map, {', '.join(number(v) for v in pool_relu.flatten())}."
+    )
+    return board.finish(f"Pool then ReLU, or ReLU then pool: {same} map", alt)
+
+
+@styled
+def draw_flatten(x: Any) -> Figure:
+    """C maps of H x W and the one row ``torch.flatten`` makes of them: channel 0's rows first,
+    then channel 1's, and so on. Part 2, §2.10: each image's feature maps become the inputs of
+    the first linear layer in this order. The row drawn is ``torch.flatten(x)``."""
+    maps = torch.as_tensor(x, dtype=torch.get_default_dtype()).detach().cpu()
+    if maps.dim() != 3:
+        raise ValueError(f"need C x H x W maps, got shape {tuple(maps.shape)}")
+    (c, h, w), flat = maps.shape, torch.flatten(maps)
+    board = Board()
+    for ch in range(c):
+        board.grid(maps[ch], ch * (w + 1.5), 1, gid=f"map{ch}", title=f"channel {ch}")
+    row = board.grid(flat, 0, h + 3.5, gid="flat", title=f"torch.flatten: {c * h * w} numbers")
+    for ch in range(c):  # which stretch of the row each channel became
+        board.ax.vlines(ch * h * w, row.y - 0.2, row.bottom + 0.2, lw=2.2, color="black")
+        board.text(ch * h * w + h * w / 2, row.bottom + 0.6, f"channel {ch}", gid="segment")
+    board.arrow((c * (w + 1.5) / 2, h + 1.2), (c * (w + 1.5) / 2, row.y - 0.6))
+    alt = (
+        f"{c} maps of {size_text(h, w)} flattened into one row of {c * h * w} numbers: channel "
+        f"0's {h * w} values row by row, then channel 1's, and so on to channel {c - 1}."
+    )
+    return board.finish(f"Flatten: {c} maps of {size_text(h, w)} → {c * h * w} numbers", alt)
+
+
+@styled
+def draw_log_softmax(logits: Any, target: Any = None) -> Figure:
+    """Log-softmax row by row: each row of scores minus its logsumexp is the row's
+    log-probabilities, whose exponentials sum to 1. Part 2, §2.11. With ``target`` (one class
+    per row), below: the gradient of the mean NLL loss with respect to the scores, autograd's,
+    beside (softmax − onehot) / N. Part 3, §3.10."""
+    z = as_grid(logits)
+    n, classes = z.shape
+    log_p = F.log_softmax(z, dim=1)
+    board = Board()
+    terms: list[Term] = [shaped("logits", z, "scores z"), "−"]
+    terms += [("lse", "logsumexp", z.logsumexp(1, keepdim=True)), "="]
+    terms += [("log-probs", "log_softmax(z)", log_p), "Σ exp →"]
+    board.equation(0, 1 + n / 2, [*terms, ("sums", "", log_p.exp().sum(1, keepdim=True))])
+    alt = (
+        f"Log-softmax of {n} rows of {classes} scores: each row minus its logsumexp "
+        f"({', '.join(number(v) for v in z.logsumexp(1))}) gives its log-probabilities, "
+        "whose exponentials sum to 1."
+    )
+    if target is not None:
+        t = torch.as_tensor(target).long()
+        leaf = z.clone().requires_grad_()
+        F.nll_loss(F.log_softmax(leaf, dim=1), t).backward()
+        onehot = F.one_hot(t, classes).to(z.dtype)
+        grad: list[Term] = [("grad", "∂L/∂z (autograd)", leaf.grad), "= ("]
+        grad += [("softmax", "softmax(z)", log_p.exp()), "−"]
+        grad += [("onehot", "onehot(target)", onehot), f") / {n}"]
+        board.equation(0, 1 + n / 2 + n + 2.5, grad)
+        alt += (
+            f" Below, for the targets {t.tolist()}: the mean NLL loss's gradient with respect "
+            f"to the scores, (softmax − onehot) / {n}, negative only at each row's target."
+        )
+    return board.finish("Log-softmax: each row minus its logsumexp", alt)
+
+
 @functools.cache
 def conv2_reach() -> torch.Tensor:
     """784 x 20 x 8 x 8 booleans: whether input pixel i (row-major) reaches each output of
-    ``Net``'s ``conv2``. Part 2, §2.5-2.6.
+    ``Net``'s ``conv2``. Part 2, §2.18.
 
     Why NaN and not a gradient: a gradient through max pooling reaches only the maximum of
     each window, so it shows part of what an output can see. A NaN put in one pixel reaches
@@ -207,7 +301,7 @@ def conv2_reach() -> torch.Tensor:
 
 def receptive_field(row: int, col: int, *, channel: int = 0) -> torch.Tensor:
     """The 28 x 28 boolean mask of the input pixels that ``Net``'s ``conv2`` output at
-    (channel, row, col) depends on (:func:`conv2_reach`). Part 2, §2.5-2.6."""
+    (channel, row, col) depends on (:func:`conv2_reach`). Part 2, §2.18."""
     reach = conv2_reach()
     _, channels, height, width = reach.shape
     if not (0 <= channel < channels and 0 <= row < height and 0 <= col < width):
@@ -224,7 +318,7 @@ def draw_receptive_field(
 ) -> Figure:
     """The input patch one ``conv2`` output of ``Net`` sees, outlined on the 28 x 28 input
     (``image`` under it if given), beside ``conv2``'s 8 x 8 map with that output marked.
-    Part 2, §2.5-2.6: two 5 x 5 convolutions and a 2 x 2 pooling make a 14 x 14 field (the size
+    Part 2, §2.18: two 5 x 5 convolutions and a 2 x 2 pooling make a 14 x 14 field (the size
     is computed by :func:`receptive_field`, not written in)."""
     field = receptive_field(row, col, channel=channel)
     n = field.shape[0]
@@ -259,3 +353,29 @@ def draw_receptive_field(
     )
     chain = f"conv1 {k1}×{k1} → max pool 2×2 → conv2 {k2}×{k2}"
     return board.finish(f"One conv2 output sees {height} × {width} pixels ({chain})", alt)
+
+
+# --------------------------------------------------------------------------- Part 3's layers
+
+
+@styled
+def draw_relu_backward(x: Any, grad_out: Any) -> Figure:
+    """ReLU's backward on one grid: the upstream gradient passes where the input was positive
+    and is 0 elsewhere (at exactly 0 too). Part 3, §3.7. The gradient drawn is autograd's for
+    ``F.relu``, not this function's own arithmetic."""
+    grid, upstream = as_grid(x), as_grid(grad_out)
+    leaf = grid.clone().requires_grad_()
+    F.relu(leaf).backward(upstream)
+    passes = (grid > 0).to(grid.dtype)
+    passing: Term = ("passes", "x > 0 (1: passes)", passes)
+    board, height = Board(), grid.shape[0] + 2.5
+    board.equation(0, 1 + grid.shape[0] / 2, [shaped("input", grid, "input x"), "→", passing])
+    terms: list[Term] = [("grad-out", "upstream ∂L/∂y", upstream), "⊙"]
+    terms += [("passes2", "x > 0", passes), "=", ("grad-in", "∂L/∂x (autograd)", leaf.grad)]
+    board.equation(0, 1 + grid.shape[0] / 2 + height, terms)
+    kept = int(passes.sum())
+    alt = (
+        f"ReLU's backward on a {size_text(*grid.shape)} input: the upstream gradient passes at "
+        f"the {kept} positions where x > 0 and is 0 at the other {grid.numel() - kept}."
+    )
+    return board.finish("ReLU's backward: the gradient passes where x > 0", alt)

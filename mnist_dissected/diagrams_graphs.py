@@ -1,6 +1,7 @@
 """Drawn graphs for Parts 2, 3 and 6: what flows where. Part 2: ``Net``'s and ``LeNet``'s
 architecture with every tensor's shape (§2.1, §2.12, §2.13). Part 3: the autograd graph of
-``z = x * y`` (§3.1) and of ``Net``'s loss (§3.4), one linear layer's backward (§3.2, §3.6).
+``z = x * y`` (§3.1) and of ``Net``'s loss (§3.4), a matrix product's backward (§3.2), a
+vector-Jacobian product (§3.3), one linear layer's backward (§3.6).
 Part 6: DDP's all-reduce across two processes, and its buckets (§6.4).
 
 Why this module exists: the shapes, node names and gradients in these pictures are read from
@@ -12,7 +13,7 @@ them with their alt text), every function returns a ``Figure`` with an ``alt_tex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
+from torch.autograd.functional import jacobian
 from torch.overrides import TorchFunctionMode
 
 from .diagrams_board import Board, Term, number, seeded, size_text
@@ -249,17 +251,76 @@ def draw_linear_backward(
     d_w += [("dYT", f"(∂L/∂Y)ᵀ ({o}×{n})", g.T), "·", ("X2", f"X ({n}×{i})", x)]
     d_b: list[Term] = [("db", f"∂L/∂b ({o})", g.sum(0)), "= Σ over the batch (rows) of"]
     rows = [forward, [*d_x, "·", ("W", f"W ({o}×{i})", w)], d_w, [*d_b, ("dY2", "∂L/∂Y", g)]]
-    board, top = Board(), 1.0
-    for terms in rows:
-        height = max(t[2].shape[0] if t[2].dim() == 2 else 1 for t in terms if isinstance(t, tuple))
-        board.equation(0, top + height / 2, terms)
-        top += height + 2.2
+    board = _stacked(rows)
     alt = (
         f"A linear layer {i}→{o} on a batch of {n}: forward Y ({n}×{o}) = X ({n}×{i}) · Wᵀ + b; "
         f"backward ∂L/∂X ({n}×{i}) = ∂L/∂Y ({n}×{o}) · W ({o}×{i}), ∂L/∂W ({o}×{i}) = "
         f"(∂L/∂Y)ᵀ ({o}×{n}) · X ({n}×{i}), ∂L/∂b ({o}) = the sum of ∂L/∂Y over the batch."
     )
     return board.finish("A linear layer's backward: which matrix meets which", alt)
+
+
+def _stacked(rows: Sequence[Sequence[Term]]) -> Board:
+    """A board with one drawn equation per row, each row below the last."""
+    board, top = Board(), 1.0
+    for terms in rows:
+        height = max(t[2].shape[0] if t[2].dim() == 2 else 1 for t in terms if isinstance(t, tuple))
+        board.equation(0, top + height / 2, terms)
+        top += height + 2.2
+    return board
+
+
+@styled
+def draw_matmul_backward(a: Any, b: Any, grad: Any) -> Figure:
+    """A matrix product d = a · b and, for the upstream gradient g = ∂L/∂d, what autograd gives
+    its two factors: ∂L/∂a = g · bᵀ and ∂L/∂b = aᵀ · g, each the shape of its factor. Part 3,
+    §3.2. The gradients drawn are ``d.backward(g)``'s."""
+    a, b, g = (torch.as_tensor(t, dtype=torch.get_default_dtype()).detach() for t in (a, b, grad))
+    leaves = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+    (leaves[0] @ leaves[1]).backward(g)
+    (m, k), n = a.shape, b.shape[1]
+    rows: list[list[Term]] = [
+        [("d", f"d ({m}×{n})", a @ b), "=", ("a", f"a ({m}×{k})", a), "·"],
+        [("da", f"∂L/∂a ({m}×{k})", leaves[0].grad), "=", ("g", f"g = ∂L/∂d ({m}×{n})", g), "·"],
+        [("db", f"∂L/∂b ({k}×{n})", leaves[1].grad), "=", ("aT", f"aᵀ ({k}×{m})", a.T), "·"],
+    ]
+    rows[0].append(("b", f"b ({k}×{n})", b))
+    rows[1].append(("bT", f"bᵀ ({n}×{k})", b.T))
+    rows[2].append(("g2", f"g ({m}×{n})", g))
+    alt = (
+        f"A matrix product d = a · b, a {m}×{k} and b {k}×{n}, and its backward for the "
+        f"upstream gradient g ({m}×{n}): ∂L/∂a = g · bᵀ ({m}×{k}, a's shape) and ∂L/∂b = aᵀ · g "
+        f"({k}×{n}, b's shape); ∂L/∂a is {_flat(leaves[0].grad)}, ∂L/∂b {_flat(leaves[1].grad)}."
+    )
+    return _stacked(rows).finish("A matrix product's backward: each factor meets g", alt)
+
+
+@styled
+def draw_vjp(f: Callable[[torch.Tensor], torch.Tensor], x: Any, v: Any) -> Figure:
+    """``f(x).backward(v)`` as a picture: the row v times the Jacobian J of ``f`` at ``x`` is
+    what lands in ``x.grad``. Part 3, §3.3. J is ``torch.autograd.functional.jacobian``'s and
+    x.grad is ``backward``'s: two computations, drawn side by side (x and f(x) are vectors)."""
+    x, v = (torch.as_tensor(t, dtype=torch.get_default_dtype()).detach() for t in (x, v))
+    jac = jacobian(f, x)
+    if jac.dim() != 2:
+        raise ValueError(f"x and f(x) must be vectors: the Jacobian is {tuple(jac.shape)}")
+    leaf = x.clone().requires_grad_()
+    f(leaf).backward(v)
+    (m, n), board = jac.shape, Board()
+    terms: list[Term] = [("v", f"v ({m})", v), "·", ("J", f"J ({m}×{n})", jac), "="]
+    terms += [("vJ", "v · J", v @ jac), "=", ("grad", "x.grad from backward(v)", leaf.grad)]
+    board.equation(0, 1 + m / 2, terms)
+    alt = (
+        f"A vector-Jacobian product: v ({m} numbers) times the {m}×{n} Jacobian of f at x gives "
+        f"{n} numbers, {_flat(v @ jac)}, and f(x).backward(v) puts the same, "
+        f"{_flat(leaf.grad)}, in x.grad."
+    )
+    return board.finish("backward(v) is v · J, without forming J", alt)
+
+
+def _flat(t: torch.Tensor) -> str:
+    """``[20, 110, 600]``: a tensor's numbers as a diagram writes them."""
+    return "[" + ", ".join(number(v) for v in t.flatten()) + "]"
 
 
 def _rounded(t: Any) -> Any:

@@ -164,6 +164,49 @@ def test_dropouts_mask_and_output_are_f_dropouts_under_the_seed_and_leave_the_rn
     assert any(t.get_text() == "× 1.33 =" for t in fig.axes[0].texts)
 
 
+def test_relu_and_pooling_in_both_orders_are_what_pytorch_computes_and_agree():
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
+    fig = diagrams.draw_relu_and_pool(x)
+    pool_relu = F.relu(F.max_pool2d(x[None, None], 2))[0, 0]
+    relu_pool = F.max_pool2d(F.relu(x)[None, None], 2)[0, 0]
+    np.testing.assert_array_equal(image(fig, "pool-relu"), pool_relu.numpy())
+    np.testing.assert_array_equal(image(fig, "relu-pool"), relu_pool.numpy())
+    np.testing.assert_array_equal(image(fig, "relued"), F.relu(x).numpy())
+    np.testing.assert_array_equal(image(fig, "pooled"), F.max_pool2d(x[None, None], 2)[0, 0])
+    assert image(fig, "pool-relu").shape == (2, 3) and "give the same 2×3 map" in alt_text(fig)
+
+
+def test_flatten_draws_the_row_torch_flatten_makes_channel_by_channel():
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(5))
+    fig = diagrams.draw_flatten(x)
+    np.testing.assert_array_equal(image(fig, "flat")[0], torch.flatten(x).numpy())
+    for ch in range(3):
+        np.testing.assert_array_equal(image(fig, f"map{ch}"), x[ch].numpy())
+    [row] = [im for im in fig.axes[0].images if im.get_gid() == "flat"]
+    left = row.get_extent()[0]
+    centres = [t.get_position()[0] - left for t in fig.axes[0].texts if t.get_gid() == "segment"]
+    assert centres == [4.0, 12.0, 20.0], "each channel's label under its own 8 numbers"
+    assert "one row of 24 numbers" in alt_text(fig)
+    with pytest.raises(ValueError, match="C x H x W"):
+        diagrams.draw_flatten(torch.zeros(2, 2))
+
+
+def test_log_softmax_rows_and_the_nll_gradient_are_pytorchs():
+    z = torch.tensor([[1.0, 2.0, 3.0], [100.0, 101.0, 102.0]])
+    fig = diagrams.draw_log_softmax(z)
+    np.testing.assert_allclose(image(fig, "log-probs"), F.log_softmax(z, dim=1), atol=1e-6)
+    np.testing.assert_allclose(image(fig, "lse")[:, 0], torch.logsumexp(z, 1), atol=1e-5)
+    np.testing.assert_allclose(image(fig, "sums")[:, 0], [1.0, 1.0], atol=1e-6)
+    assert "(3.41, 102.41)" in alt_text(fig)
+    target = torch.tensor([2, 0])
+    with_grad = diagrams.draw_log_softmax(z[:1].repeat(2, 1), target)
+    leaf = z[:1].repeat(2, 1).requires_grad_()
+    F.cross_entropy(leaf, target).backward()
+    np.testing.assert_allclose(image(with_grad, "grad"), leaf.grad.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(image(with_grad, "onehot"), [[0, 0, 1], [1, 0, 0]])
+    assert "targets [2, 0]" in alt_text(with_grad)
+
+
 # --------------------------------------------------------------------------- receptive field
 
 
@@ -317,6 +360,45 @@ def test_the_linear_backward_shows_autograds_gradients_with_their_shapes():
         assert "×".join(map(str, image(fig, gid).shape)) == shape
 
 
+def test_a_matrix_products_backward_shows_autograds_gradients_with_their_shapes():
+    gen = torch.Generator().manual_seed(6)
+    a, b, g = torch.randn(2, 3, generator=gen), torch.randn(3, 4, generator=gen), torch.randn(2, 4)
+    fig = diagrams_graphs.draw_matmul_backward(a, b, g)
+    leaf_a, leaf_b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    (leaf_a @ leaf_b).backward(g)
+    np.testing.assert_allclose(image(fig, "da"), leaf_a.grad.numpy(), atol=1e-6)
+    np.testing.assert_allclose(image(fig, "db"), leaf_b.grad.numpy(), atol=1e-6)
+    np.testing.assert_allclose(image(fig, "d"), (a @ b).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(image(fig, "bT"), b.T.numpy())
+    for gid, shape in [("da", "2×3"), ("db", "3×4"), ("aT", "3×2"), ("bT", "4×3"), ("g", "2×4")]:
+        assert shape in texts(fig, f"{gid}-title")[0]
+
+
+def test_the_vector_jacobian_product_is_the_jacobians_and_backwards():
+    def f(x):
+        return torch.stack([x[0] * x[1], x[1] + x[2] ** 2])
+
+    fig = diagrams_graphs.draw_vjp(f, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 100.0]))
+    np.testing.assert_array_equal(image(fig, "J"), [[2, 1, 0], [0, 1, 6]])
+    np.testing.assert_array_equal(image(fig, "grad")[0], [20, 110, 600])
+    np.testing.assert_array_equal(image(fig, "vJ")[0], [20, 110, 600])
+    assert "[20, 110, 600]" in alt_text(fig)
+    with pytest.raises(ValueError, match="must be vectors"):
+        diagrams_graphs.draw_vjp(lambda x: x.sum(), torch.ones(3), torch.tensor(1.0))
+
+
+def test_relus_backward_passes_autograds_gradient_where_x_is_positive():
+    x = torch.tensor([[-1.0, 0.0, 2.0], [3.0, -0.5, 0.25]])
+    grad_out = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    fig = diagrams.draw_relu_backward(x, grad_out)
+    leaf = x.clone().requires_grad_()
+    F.relu(leaf).backward(grad_out)
+    np.testing.assert_array_equal(image(fig, "grad-in"), leaf.grad.numpy())
+    np.testing.assert_array_equal(image(fig, "grad-in"), [[0, 0, 3], [4, 0, 6]])  # 0 at x = 0
+    np.testing.assert_array_equal(image(fig, "passes"), (x > 0).float().numpy())
+    assert "at the 3 positions where x > 0 and is 0 at the other 3" in alt_text(fig)
+
+
 def test_ddp_buckets_are_the_grouping_pytorch_computes():
     params = list(reversed(list(Net().parameters())))
     for first, cap in [(1.0, 25.0), (0.005, 0.02), (0.0001, 0.0001)]:
@@ -360,6 +442,12 @@ EVERY_FIGURE = {
     "autograd": (diagrams_graphs.draw_autograd_graph, "autograd graph"),
     "linear": (diagrams_graphs.draw_linear_backward, "linear layer"),
     "all-reduce": (diagrams_graphs.draw_allreduce, "all-reduce"),
+    "relu-pool": (lambda: diagrams.draw_relu_and_pool(torch.ones(4, 4)), "both orders"),
+    "flatten": (lambda: diagrams.draw_flatten(torch.ones(2, 2, 2)), "flattened"),
+    "log-softmax": (lambda: diagrams.draw_log_softmax(torch.ones(2, 3), [0, 1]), "logsumexp"),
+    "relu-backward": (lambda: diagrams.draw_relu_backward(*torch.ones(2, 2, 2)), "x > 0"),
+    "matmul": (lambda: diagrams_graphs.draw_matmul_backward(*torch.ones(3, 2, 2)), "product"),
+    "vjp": (lambda: diagrams_graphs.draw_vjp(torch.sin, torch.ones(3), torch.ones(3)), "Jacobian"),
 }
 
 
