@@ -1,4 +1,4 @@
-"""The exercises' checks (``mnist_dissected.exercises*``) and the solutions of Parts 1 and 5.
+"""The exercises' checks (``mnist_dissected.exercises*``) and the solutions of Parts 1 to 5.
 
 Why this file exists: a check that passes a wrong answer, or fails the right one, teaches the
 wrong thing. So each check must pass the notebook's own solution (read from its collapsed
@@ -7,7 +7,7 @@ wrong answers with the message a learner should read.
 
 The notebooks no longer run their solutions on Run All (issue 20): what their "Appendix: the
 solutions, checked" ran moved here, each assert kept (:data:`AFTER`), and every solution block of
-Parts 1 and 5 is run by :func:`test_every_solution_runs_and_holds_what_its_answer_says`.
+Parts 1 to 5 is run by :func:`test_every_solution_runs_and_holds_what_its_answer_says`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_dissected import errors, exercises, exercises_part1, exercises_part5
+from mnist_dissected import (
+    errors,
+    exercises,
+    exercises_part1,
+    exercises_part2,
+    exercises_part3,
+    exercises_part4,
+    exercises_part5,
+)
 from mnist_dissected.data import MNIST_MEAN, MNIST_STD, NORMALIZED_BLACK
 from mnist_dissected.exercises import (
     ExerciseFailed,
@@ -37,13 +45,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import student_edition as edition  # noqa: E402 (tools/, put on the path just above)
 
-NOTEBOOKS = {1: "1_mnist_load", 5: "5_mnist_visualize"}
+NOTEBOOKS = {
+    1: "1_mnist_load",
+    2: "2_mnist_model",
+    3: "3_mnist_backprop",
+    4: "4_mnist_train",
+    5: "5_mnist_visualize",
+}
 #: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.13's fgsm).
-SETUP = {1: (), 5: ("def fgsm(",)}
+SETUP = {1: (), 2: (), 3: (), 4: (), 5: ("def fgsm(",)}
 CHECKS = {
     1: {
         name: getattr(exercises_part1, f"check_{name}")
         for name in ("normalize", "shift_sample", "nearest_mean")
+    },
+    2: {
+        name: getattr(exercises_part2, f"check_{name}")
+        for name in ("conv2d_by_shifts", "max_pool", "log_softmax_by_hand")
+    },
+    3: {
+        name: getattr(exercises_part3, f"check_{name}")
+        for name in ("softmax_backward", "max_pool_backward", "Multiply")
+    },
+    4: {
+        name: getattr(exercises_part4, f"check_{name}")
+        for name in ("train_one_epoch", "evaluate_by_hand", "adam_step")
     },
     5: {
         name: getattr(exercises_part5, f"check_{name}")
@@ -229,7 +255,7 @@ def test_the_notebook_stub_is_reported_not_solved(part, name, capsys):
     exercise = the_exercise(part, name)
     assert "raise NotImplementedError  # your code here" in exercise.stub
     assert exercise.check == f"check_{name}({name})", "one call per exercise"
-    namespace: dict = {}
+    namespace: dict = {"torch": torch}  # Part 3's stub subclasses torch.autograd.Function
     edition.run_code(exercise.stub, namespace)
     CHECKS[part][name](namespace[name])
     assert capsys.readouterr().out == exercises.NOT_SOLVED.format(name=name) + "\n"
@@ -283,6 +309,112 @@ def attack(step, *, clamp=True, loss=F.nll_loss):
         return x
 
     return iterative_fgsm
+
+
+def loop_with(*, zero_grad=True, train=True, step=True, item_first=False, keep_graph=False):
+    """A train_one_epoch with one of the typical mistakes (each flag)."""
+
+    def train_one_epoch(model, batches, optimizer):
+        if train:
+            model.train()
+        losses = []
+        for data, target in batches:
+            if zero_grad:
+                optimizer.zero_grad()
+            loss = F.nll_loss(model(data), target)
+            (loss.item() if item_first else loss).backward()
+            if step:
+                optimizer.step()
+            losses.append(loss if keep_graph else loss.item())
+        return losses
+
+    return train_one_epoch
+
+
+def scoring_with(*, eval_mode=True, no_grad=True, by_batch=False, summed=False, count=False):
+    """An evaluate_by_hand with one of the typical mistakes (each flag)."""
+
+    def evaluate_by_hand(model, batches):
+        model.train(not eval_mode)
+        with torch.set_grad_enabled(not no_grad):
+            scores = [
+                (
+                    F.nll_loss(out := model(x), y, reduction="sum").item(),
+                    (out.argmax(dim=1) == y).sum().item(),
+                    len(y),
+                )
+                for x, y in batches
+            ]
+        loss, right, n = (sum(column) for column in zip(*scores, strict=True))
+        if by_batch:
+            return tuple(sum(s[k] / s[2] for s in scores) / len(scores) for k in (0, 1))
+        return (loss if summed else loss / n), (right if count else right / n)
+
+    return evaluate_by_hand
+
+
+def adam_with(*, correct=True, eps_inside=False, defaults=False, keep_corrected=False):
+    """An adam_step with one of the typical mistakes (each flag)."""
+
+    def adam_step(theta, grad, m, v, t, *, lr=0.001, betas=(0.9, 0.999), eps=1e-8):
+        if defaults:
+            lr, betas, eps = 0.001, (0.9, 0.999), 1e-8
+        m = betas[0] * m + (1 - betas[0]) * grad
+        v = betas[1] * v + (1 - betas[1]) * grad**2
+        m_hat, v_hat = (m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)) if correct else (m, v)
+        root = (v_hat + eps).sqrt() if eps_inside else v_hat.sqrt() + eps
+        theta = theta - lr * m_hat / root
+        return (theta, m_hat, v_hat) if keep_corrected else (theta, m, v)
+
+    return adam_step
+
+
+def pool_backward(*, assign=False):
+    """A max_pool_backward that assigns each window's gradient where it should add it."""
+
+    def max_pool_backward(x, grad_out, k, stride):
+        grad_x = torch.zeros_like(x)
+        for i in range(grad_out.shape[2]):
+            for j in range(grad_out.shape[3]):
+                rows, cols = slice(i * stride, i * stride + k), slice(j * stride, j * stride + k)
+                window = x[:, :, rows, cols]
+                routed = (window == window.amax(dim=(2, 3), keepdim=True)) * grad_out[
+                    :, :, i : i + 1, j : j + 1
+                ]
+                if assign:
+                    grad_x[:, :, rows, cols] = routed
+                else:
+                    grad_x[:, :, rows, cols] += routed
+        return grad_x
+
+    return max_pool_backward
+
+
+def spread_backward(scale=1):
+    """A max_pool_backward that spreads each window's gradient over it (times ``scale``)."""
+
+    def max_pool_backward(x, grad_out, k, stride):
+        leaf = x.clone().requires_grad_()
+        F.avg_pool2d(leaf, k, stride).backward(grad_out)
+        return leaf.grad * scale
+
+    return max_pool_backward
+
+
+def multiply_with(forward, backward):
+    """A Multiply whose forward is ``forward(x, y)``, backward ``backward(grad, x, y)``."""
+
+    class Multiply(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return forward(x, y)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            return backward(grad_output, *ctx.saved_tensors)
+
+    return Multiply
 
 
 WRONG = [
@@ -368,6 +500,93 @@ WRONG = [
         nearest_by(torch.cdist, pick=lambda d, dim: d.argmin(dim).float()),
         "has dtype torch.float32, expected an integer dtype$",
     ),
+    # Part 4, exercise 6: train_one_epoch
+    (
+        "train_one_epoch",
+        loop_with(zero_grad=False),
+        r"^the list of step losses from train_one_epoch\(model, batches, optimizer\) differs "
+        r"from the expected value at 1 of 3 elements; the first is at index \(2,\).*The "
+        "gradients accumulated: without optimizer.zero_grad",
+    ),
+    (
+        "train_one_epoch",
+        loop_with(train=False),
+        r"at 3 of 3 elements.*Dropout was off: the model came in eval mode \(as evaluate leaves "
+        r"it\), so call model.train\(\) first$",
+    ),
+    (
+        "train_one_epoch",
+        loop_with(step=False),
+        r"The weights never moved: call optimizer.step\(\) after loss.backward\(\)",
+    ),
+    (
+        "train_one_epoch",
+        loop_with(item_first=True),
+        r"called backward\(\) on a Python number: loss.item\(\) has no graph behind it",
+    ),
+    (
+        "train_one_epoch",
+        loop_with(keep_graph=True),
+        r"keeps step 0's loss as a tensor that requires grad: it holds that step's whole graph",
+    ),
+    (
+        "train_one_epoch",
+        lambda model, batches, optimizer: None,
+        r"should return a list of the 3 step losses, not None \(did you forget `return`",
+    ),
+    # Part 4, exercise 7: evaluate_by_hand
+    (
+        "evaluate_by_hand",
+        scoring_with(eval_mode=False),
+        r"^two calls of evaluate_by_hand\(model, batches\) on the same model and digits gave "
+        r"the mean losses [\d.]+ and [\d.]+: dropout is still on .* call model.eval\(\) first$",
+    ),
+    (
+        "evaluate_by_hand",
+        scoring_with(no_grad=False),
+        r"gives the right numbers, but autograd kept \d+ tensors for a backward pass that never "
+        r"comes: score under torch.no_grad\(\)",
+    ),
+    (
+        "evaluate_by_hand",
+        scoring_with(by_batch=True),
+        r"^the mean loss of evaluate_by_hand\(model, batches\) is [\d.]+, expected [\d.]+ .*"
+        "That is the mean of the batches' mean losses, but the last batch holds 5 digits",
+    ),
+    (
+        "evaluate_by_hand",
+        scoring_with(summed=True),
+        "That is the summed loss of all 37 digits: divide by their number$",
+    ),
+    (
+        "evaluate_by_hand",
+        scoring_with(count=True),
+        r"^the accuracy of .* A count, not a share: divide by the number of digits \(37\)$",
+    ),
+    # Part 4, exercise 8: adam_step
+    (
+        "adam_step",
+        adam_with(correct=False),
+        r"^the theta of adam_step\(theta, grad, m, v, t=1, lr=0.001, betas=\(0.9, 0.999\), "
+        r"eps=1e-08\) differs .* That leaves out the bias correction",
+    ),
+    ("adam_step", adam_with(eps_inside=True), "That puts ε inside the square root"),
+    (
+        "adam_step",
+        adam_with(defaults=True),
+        r"^the theta of adam_step\(.*lr=0.05.*\) differs .*That is Adam with PyTorch's default "
+        "lr, betas and eps: use the ones passed in$",
+    ),
+    (
+        "adam_step",
+        adam_with(keep_corrected=True),
+        r"^the m of adam_step\(theta, grad, m, v, t=1, .* That keeps the corrected m̂ and v̂",
+    ),
+    (
+        "adam_step",
+        lambda theta, grad, m, v, t, **hyper: theta,
+        r"should return the triple \(theta, m, v\), not a Tensor$",
+    ),
     # Part 5, exercise 1: top_k_accuracy
     (
         "top_k_accuracy",
@@ -421,6 +640,115 @@ WRONG = [
         attack(lambda epsilon, steps: -epsilon / steps),
         "That steps down the loss, which helps the model",
     ),
+    # Part 2, exercise 6: conv2d_by_shifts
+    (
+        "conv2d_by_shifts",
+        lambda x, weight, bias: F.conv2d(x, weight),
+        r"^conv2d_by_shifts\(x, weight, bias\) with x \(2, 1, 8, 8\), weight \(4, 1, 5, 5\) "
+        r"differs from the expected value at 128 of 128 elements; .* The bias is missing: add "
+        r"bias\[o\] to every output of channel o$",
+    ),
+    (
+        "conv2d_by_shifts",
+        lambda x, weight, bias: F.conv2d(x, weight.flip(2, 3), bias),
+        r"\. The kernel is flipped \(a true convolution\): PyTorch's conv2d does not flip it",
+    ),
+    (
+        "conv2d_by_shifts",
+        lambda x, weight, bias: F.conv2d(x, weight, bias, padding=1),
+        r"has shape \(2, 4, 6, 6\), expected \(2, 4, 4, 4\): a 5 x 5 kernel fits "
+        r"\(8 - 5 \+ 1\) x \(8 - 5 \+ 1\) times in an image of 8 x 8$",
+    ),
+    (
+        "conv2d_by_shifts",
+        lambda x, weight, bias: None,
+        r"should be a tensor, not None \(did you forget `return`",
+    ),
+    # Part 2, exercise 7: max_pool
+    (
+        "max_pool",
+        F.avg_pool2d,
+        r"^max_pool\(x, k=3, stride=2\) with x \(2, 3, 7, 7\) differs .* That is average "
+        "pooling: take the max of each window, not its mean$",
+    ),
+    (
+        "max_pool",
+        lambda x, k, stride: F.max_pool2d(x, k),
+        r"has shape \(2, 3, 2, 2\), expected \(2, 3, 3, 3\): windows of 3 pixels, 2 apart, fit "
+        r"\(H - k\) // stride \+ 1 = \(7 - 3\) // 2 \+ 1 = 3 times down",
+    ),
+    # Part 2, exercise 8: log_softmax_by_hand
+    (
+        "log_softmax_by_hand",
+        lambda z: (z.exp() / z.exp().sum(dim=1, keepdim=True)).log(),
+        r"^log_softmax_by_hand\(z\) for large scores \(up to 1622\) holds \d+ value\(s\) that "
+        r"are NaN or infinite, the first at index \(0, 0\) .* exp overflows float32 above about "
+        r"88 .* Subtract each row's max first",
+    ),
+    (
+        "log_softmax_by_hand",
+        lambda z: z.softmax(dim=1),
+        r"for small scores .* Those are the probabilities \(softmax\), not their logarithm$",
+    ),
+    (
+        "log_softmax_by_hand",
+        lambda z: z.log_softmax(dim=0),
+        r"Normalized over the wrong dimension: each row \(dim=1\) is one image's scores$",
+    ),
+    # Part 3, exercise 6: softmax_backward
+    (
+        "softmax_backward",
+        lambda s, grad_out: s * (1 - s) * grad_out,
+        r"^softmax_backward\(s, grad_out\) for 4 row\(s\) of 5 differs from the expected value "
+        r"at 20 of 20 elements; .* That is only the diagonal of J",
+    ),
+    (
+        "softmax_backward",
+        lambda s, grad_out: s * grad_out,
+        r"That is grad_out \* s alone: J = diag\(s\) - s sᵀ",
+    ),
+    (
+        "softmax_backward",
+        lambda s, grad_out: s * (grad_out - (grad_out * s).sum(dim=0, keepdim=True)),
+        r"That sums over the batch \(dim=0\): each row is one softmax, sum over dim=1$",
+    ),
+    # Part 3, exercise 7: max_pool_backward
+    (
+        "max_pool_backward",
+        pool_backward(assign=True),
+        r"^max_pool_backward\(x, grad_out, k=3, stride=2\) with x \(1, 1, 5, 5\) differs from "
+        r"the expected value at 1 of 25 elements; the first is at index \(0, 0, 2, 2\): got 4, "
+        r"expected 10 \(off by -6\)\. Where windows overlap, .* \(add with \+=, do not assign\)$",
+    ),
+    (
+        "max_pool_backward",
+        spread_backward(),
+        r"That spreads each window's gradient evenly over its pixels \(average pooling's "
+        r"backward\)",
+    ),
+    (
+        "max_pool_backward",
+        spread_backward(scale=9),
+        r"That gives every pixel of the window the whole gradient: only the maximum gets it",
+    ),
+    # Part 3, exercise 8: Multiply
+    (
+        "Multiply",
+        multiply_with(lambda x, y: x * y, lambda grad, x, y: (y, x)),
+        r"^x\.grad after Multiply\.apply\(x, y\)\.backward\(grad_output\) differs .* That leaves "
+        r"out the chain rule's factor grad_output: multiply the local derivative by it "
+        r"\(grad_output \* y\)$",
+    ),
+    (
+        "Multiply",
+        multiply_with(lambda x, y: x * y, lambda grad, x, y: (grad * x, grad * y)),
+        r"That is the gradient of the other input: d\(x \* y\)/dx is the \*other\* factor",
+    ),
+    (
+        "Multiply",
+        multiply_with(lambda x, y: x + y, lambda grad, x, y: (grad, grad)),
+        r"^Multiply\.apply\(x, y\) differs from the expected value",
+    ),
 ]
 
 
@@ -456,6 +784,40 @@ def part1_cells() -> tuple[str, ...]:
     )
 
 
+def part2_cells() -> tuple[str, ...]:
+    """What Part 2's answers use: the seeded Net of §2.1, the batch, the untrained Net's score
+    spread (§2.15) and LeNet-5's C3 connections (§2.17)."""
+    return (
+        "seed_everything(0)\nnet = Net()",
+        "images, labels = next(iter(make_loader(train_set, batch_size=64)))",
+        "spread = (log_p.max",
+        "C3_INPUTS = [",
+    )
+
+
+def part3_cells() -> tuple[str, ...]:
+    """Part 3's answers need only the imports (which seed the random numbers)."""
+    return ()
+
+
+def part4_cells() -> tuple[str, ...]:
+    """What Part 4's answers use: §4.1's batch, the device, the training tensors and split,
+    the fast recipe's batches, §4.5's tensor run (one epoch: slow), §4.7's short runs, the
+    five seeds of §4.9 (cached by load_or_train) and §4.15's start."""
+    return (
+        "data, target = next(iter(loader))",
+        "device = pick_device()",
+        "train_tensors = TensorBatches.from_dataset(",
+        "train_idx, val_idx = train_validation_indices(",
+        "fast_batches = make_batches(",
+        "tensor_history = fit(",
+        "def short_run(",
+        "seed_runs = {seed: load_or_train",
+        "median = test_accuracies[",
+        "def adadelta_by_hand(",
+    )
+
+
 def part5_cells() -> tuple[str, ...]:
     """What Part 5's answers use: the trained model, the test set and its predictions, the
     confusion matrix, class_scores, and §5.13's attack."""
@@ -472,7 +834,7 @@ def part5_cells() -> tuple[str, ...]:
     )
 
 
-#: What each solution must hold after it runs: the asserts of the old appendix (Parts 1 and 5,
+#: What each solution must hold after it runs: the asserts of the old appendix (Parts 1 to 5,
 #: exercises 1-5), and the numbers each answer quotes. ``printed`` is what the blocks printed.
 AFTER = {
     1: {
@@ -524,6 +886,105 @@ assert "83.1% of them read right" in said.getvalue()  # the answer's number
 assert (torch.tensor([0], dtype=torch.uint8) - 1).item() == 255  # "0 - 1 is 255"
 """,
     },
+    2: {
+        1: """
+assert printed == "-0.607\\n"
+torch.testing.assert_close(value, net.conv2(h)[0, 3, 2, 5])
+""",
+        2: """
+assert printed == "weights and biases in use: 1516\\n"
+assert used == 1516
+torch.testing.assert_close(before[0, 0], after[0, 0])  # C3 map 0 reads S2 maps 0, 1, 2
+assert not torch.allclose(before[0, 1], after[0, 1])  # C3 map 1 reads S2 maps 1, 2, 3
+""",
+        3: """
+assert size == 14 and out.shape == (1, 8, 14, 14) and same.shape == (1, 8, 28, 28)
+""",
+        4: """
+assert printed == "0.0 0.75\\n"
+assert relu_of_avg == 0.0 and avg_of_relu == 0.75
+""",
+        5: """
+assert printed == (
+    "score spread 15.3 (55 times the untrained Net's), loss 7.85, largest probability 1.00\\n"
+)
+assert big_spread > 10 * spread and big_loss > math.log(10) + 0.5
+""",
+        6: """
+assert printed == "25 steps for (64, 10, 24, 24)\\n"  # "25 steps"
+with torch.no_grad():
+    torch.testing.assert_close(by_shifts, net.conv1(images), rtol=1e-5, atol=1e-5)
+""",
+        7: """
+assert printed == "(64, 10, 11, 11) (64, 10, 12, 12)\\n"  # "11 windows ... one fewer than 12"
+assert torch.equal(max_pool(maps, 3, 2), F.max_pool2d(maps, 3, 2))
+""",
+        8: """
+assert printed == "tensor([[-2.4076, -1.4076, -0.4076]])\\n"
+big = torch.tensor([[100.0, 101.0, 102.0]])  # §2.11's second row
+torch.testing.assert_close(log_softmax_by_hand(big), F.log_softmax(big, dim=1))
+""",
+    },
+    3: {
+        1: """
+assert torch.equal(x.grad, by_hand)
+""",
+        2: """
+assert_close(torch.stack(rows), J_softmax)
+assert_close(J_softmax, torch.diag(s) - torch.outer(s, s))  # the textbook formula
+""",
+        3: """
+# (the solution asserts first that the unscaled w is no leaf: w is the fixed one by now)
+assert w.is_leaf and torch.equal(w.grad, 2 * w.detach())
+""",
+        4: """
+assert gradcheck(Tanh.apply, (torch.randn(5, dtype=torch.float64, requires_grad=True),))
+""",
+        5: """
+assert_close(grad_sum, 8 * scores8.grad)
+""",
+        6: """
+assert printed == ""
+assert_close(softmax_backward(s4[None], v4[None])[0], v4 @ (torch.diag(s4) - torch.outer(s4, s4)))
+""",
+        7: """
+assert printed == "10.0\\n"  # the centre wins all four windows: 1 + 2 + 3 + 4
+""",
+        8: """
+assert printed == "gradcheck(Multiply): True\\n"
+""",
+    },
+    4: {
+        1: """
+assert unchanged and misplaced.fc2.weight.grad is None
+""",
+        2: """
+assert wrong < right
+""",
+        3: """
+assert len(lrs) == 645 and 185 <= peak <= 200
+assert abs(max(lrs) - 0.01) < 1e-6 and lrs[0] < 0.001 and lrs[-1] < 1e-6
+assert [round(beta1s[i], 2) for i in (0, peak, -1)] == [0.95, 0.85, 0.95]
+""",
+        4: """
+assert quoted <= luckiest and luckiest >= median
+""",
+        5: """
+assert 4400 < seen_in_training < 4800
+""",
+        6: """
+assert printed == "True True\\n"  # short_run's losses and weights, bit for bit
+assert len(my_losses) == 50 and all(isinstance(loss, float) for loss in my_losses)
+""",
+        7: """
+assert printed == "True\\n"  # evaluate's numbers, to the last bit
+assert 0.92 < by_hand[1] < 1 and by_hand == evaluate(tensor_model, tensor_batches.val)
+""",
+        8: """
+torch.testing.assert_close((start - first).abs(), torch.full((3,), 0.001))  # lr, each
+assert printed == "tensor([ 0.0010, -0.0010,  0.0010])\\n"
+""",
+    },
     5: {
         1: """
 top2_accuracy = top_k_accuracy(log_probs, targets, 2)
@@ -566,7 +1027,13 @@ def namespaces():
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")
                 warnings.filterwarnings("ignore", "__array__ implementation doesn't accept")
-                cells = part1_cells() if part == 1 else part5_cells()
+                cells = {
+                    1: part1_cells,
+                    2: part2_cells,
+                    3: part3_cells,
+                    4: part4_cells,
+                    5: part5_cells,
+                }[part]()
                 built[part] = edition.notebook_namespace(notebook(part), cells)
             plt.close("all")
         return built[part]
@@ -575,8 +1042,8 @@ def namespaces():
     torch.set_printoptions(profile="default")  # the notebooks' imports cells set their own
 
 
-@pytest.mark.slow  # seconds of set-up: Part 1's SGD runs; Part 5's model, loaded or trained
-@pytest.mark.parametrize("part", [1, 5])
+@pytest.mark.slow  # set-up: Part 1's SGD runs; Part 4's epoch; Part 5's model, loaded or trained
+@pytest.mark.parametrize("part", [1, 2, 3, 4, 5])
 def test_every_solution_runs_and_holds_what_its_answer_says(part, namespaces):
     found = solutions(part)
     assert sorted(found) == sorted(AFTER[part]) == list(range(1, len(found) + 1))

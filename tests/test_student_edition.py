@@ -27,7 +27,13 @@ from notebook_form import lab_form  # noqa: E402
 SERIES = sorted((ROOT / "notebooks").glob("[0-9]_*.ipynb"))
 #: The parts whose exercises follow the edition's conventions (issue 20); the others still run
 #: their solutions in an appendix, and join this list as they are converted.
-CONVERTED = ("1_mnist_load", "5_mnist_visualize")
+CONVERTED = (
+    "1_mnist_load",
+    "2_mnist_model",
+    "3_mnist_backprop",
+    "4_mnist_train",
+    "5_mnist_visualize",
+)
 #: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.13's fgsm).
 SETUP = {"5_mnist_visualize": ("def fgsm(",)}
 
