@@ -28,6 +28,8 @@ import os
 import re
 import socket
 import sys
+import threading
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,6 +226,7 @@ def init_distributed(
             f"(torchrun --nproc-per-node {world.world_size} does), make sure that port is "
             "reachable and not used by another run, or wait longer with a larger timeout_s."
         ) from e
+    error: BaseException | None = None
     try:
         yield world
         # Every rank done before the group goes: a rank that leaves while a peer's last
@@ -231,17 +234,59 @@ def init_distributed(
         # (seen with torch 2.2's gloo).
         with peers_watched(when="at the end of the run", outcome="all work had finished"):
             barrier()
-    except MnistDissectedError as error:
+    except MnistDissectedError as raised:
+        error = raised
         # An error every rank raised alike (a diverged loss): leave together too, or a rank
         # still destroying its group when rank 0, the rendezvous's host, has gone hangs
         # (torch 2.2's gloo). Not after a peer went away: there is nobody to wait for.
-        if not isinstance(error, WorldError):
+        if not isinstance(raised, WorldError):
             with contextlib.suppress(RuntimeError):
                 barrier()
         raise
+    except BaseException as raised:
+        error = raised
+        raise
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            close_group(world, error=error)
+
+
+#: How long a rank of a world of several waits for its group to close once the run is over.
+CLOSE_TIMEOUT_S = 30.0
+
+
+def close_group(world: World, *, error: BaseException | None = None) -> None:
+    """``destroy_process_group``, bounded. Why: with torch 2.2's gloo, a rank's destroy can
+    hang for good after its peers have closed theirs, even past a final barrier (seen now and
+    then on a busy 2-core machine). By then every rank has finished its work, so a rank of a
+    world of several (a process a launcher started) that cannot close its group within
+    :data:`CLOSE_TIMEOUT_S` says so on stderr and ends its process: status 0 after a run that
+    ended well, else the ``error`` it was raising, printed (one line for the package's own
+    errors, as the CLI prints them), and status 1. A world of one (a notebook) closes inline."""
+    if world.world_size == 1:
+        dist.destroy_process_group()
+        return
+    closed = threading.Event()
+
+    def close() -> None:
+        dist.destroy_process_group()
+        closed.set()
+
+    threading.Thread(target=close, name="close-process-group", daemon=True).start()
+    if closed.wait(CLOSE_TIMEOUT_S):
+        return
+    print(
+        f"rank {world.rank}: the process group did not close within {CLOSE_TIMEOUT_S:g} s after "
+        "the run ended (a known hang of older PyTorch's gloo); ending this process",
+        file=sys.stderr,
+    )
+    if isinstance(error, MnistDissectedError):
+        print(f"error: {error}", file=sys.stderr)
+    elif error is not None:
+        traceback.print_exception(type(error), error, error.__traceback__)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if error is None else 1)
 
 
 #: How gloo and NCCL say that the other end is gone, or silent (their messages differ across

@@ -462,3 +462,33 @@ def test_a_timed_out_launch_leaves_no_worker_behind(tmp_path):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     _worker(Path(sys.argv[2]))
+
+
+CLOSE_HANGS = """
+import sys, time
+import torch.distributed as dist
+from mnist_dissected import process_group
+from mnist_dissected.errors import UsageError
+
+process_group.CLOSE_TIMEOUT_S = 0.5
+dist.destroy_process_group = lambda: time.sleep(60)  # torch 2.2's gloo, now and then
+error = UsageError("the loss diverged") if sys.argv[1] == "error" else None
+print("all work done", flush=True)
+process_group.close_group(process_group.World(rank=1, world_size=2), error=error)
+print("never reached")
+"""
+
+
+@pytest.mark.parametrize("how, status", [("ok", 0), ("error", 1)])
+def test_a_rank_whose_group_will_not_close_ends_with_the_runs_status(how, status):
+    """A destroy that hangs (torch 2.2's gloo, seen in CI) must not hang the launcher: the
+    rank says so and ends with 0 after a run that ended well, 1 with its error printed."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_HANGS, how], capture_output=True, text=True, timeout=60
+    )
+    assert time.monotonic() - start < 30, "bounded: well under the hang"
+    assert done.returncode == status
+    assert done.stdout == "all work done\n"
+    assert "rank 1: the process group did not close within 0.5 s" in done.stderr
+    assert ("error: the loss diverged" in done.stderr) == (how == "error")
