@@ -2,6 +2,7 @@
 both versions (pytorch/examples ``mnist/main.py`` at d8dd8ca^, the one the series dissects, and
 today's, 77f55b9), against the package."""
 
+import functools
 import hashlib
 import os
 import runpy
@@ -13,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from mnist_dissected import cli, example_compat, models
@@ -27,47 +27,22 @@ from tests.test_models import NET_PARAMETERS
 # --------------------------------------------------------------------------- the example's code
 
 
-class ExampleNet(nn.Module):
-    """pytorch/examples mnist/main.py's Net at d8dd8ca^, verbatim but for its name, ``super()``
-    and ruff's formatting."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
-        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
-        self.conv2_drop = nn.Dropout2d()
-        self.fc1 = nn.Linear(320, 50)
-        self.fc2 = nn.Linear(50, 10)
-
-    def forward(self, x):
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
-        x = x.view(-1, 320)
-        x = F.relu(self.fc1(x))
-        x = F.dropout(x, training=self.training)
-        x = self.fc2(x)
-        return F.log_softmax(x, dim=1)
+@functools.cache
+def upstream(version: str) -> dict:
+    """The example's ``main.py`` of ``version`` (shipped verbatim in ``mnist_dissected/upstream``),
+    run as a module, not as ``__main__``: its ``Net``, ``train``, ``test`` and ``main``,
+    untouched."""
+    return runpy.run_path(str(example_compat.EXAMPLE_SCRIPTS[version]), run_name="upstream")
 
 
-def example_test(args, model, device, test_loader):
-    """The example's ``test()`` at d8dd8ca^, verbatim but for ruff's formatting."""
-    model.eval()
-    test_loss = 0
-    correct = 0
-    with torch.no_grad():
-        for data, target in test_loader:
-            data, target = data.to(device), target.to(device)
-            output = model(data)
-            test_loss += F.nll_loss(output, target, reduction="sum").item()  # sum up batch loss
-            pred = output.max(1, keepdim=True)[1]  # get the index of the max log-probability
-            correct += pred.eq(target.view_as(pred)).sum().item()
+def ExampleNet() -> nn.Module:
+    """A fresh ``Net`` of the example at d8dd8ca^, from its own script."""
+    return upstream("d8dd8ca^")["Net"]()
 
-    test_loss /= len(test_loader.dataset)
-    print(
-        "\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n".format(  # noqa: UP032
-            test_loss, correct, len(test_loader.dataset), 100.0 * correct / len(test_loader.dataset)
-        )
-    )
+
+def example_test(*args) -> None:
+    """The example's ``test(args, model, device, test_loader)`` at d8dd8ca^, from its script."""
+    upstream("d8dd8ca^")["test"](*args)
 
 
 def shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
@@ -402,12 +377,6 @@ def test_the_table_covers_every_flag_of_both_versions_with_its_default():
 
 
 # --------------------------------------------------------------------------- the example's recipe
-
-
-def upstream(version: str) -> dict:
-    """The example's ``main.py`` of ``version``, run as a module (not as ``__main__``): its
-    ``Net``, ``train``, ``test`` and ``main``, untouched."""
-    return runpy.run_path(str(example_compat.EXAMPLE_SCRIPTS[version]), run_name="upstream")
 
 
 def small(dataset, n: int):
