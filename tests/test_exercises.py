@@ -83,6 +83,21 @@ def notebook(part: int) -> dict:
     return json.loads((ROOT / "notebooks" / f"{NOTEBOOKS[part]}.ipynb").read_text())
 
 
+def with_companion(part: int) -> dict:
+    """The core notebook with its companion's code appended (its imports cell right after the
+    core's): an answer may reuse a deep dive that lives in ``notebooks/further/``."""
+    core = notebook(part)
+    path = ROOT / "notebooks" / "further" / f"{NOTEBOOKS[part]}_further.ipynb"
+    if not path.exists():
+        return core
+    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = list(core["cells"])
+    imports = [i for i, c in enumerate(cells) if c["cell_type"] == "code"][1]
+    both = edition.source(cells[imports]) + "\n" + edition.source(code[1])
+    cells[imports] = {**cells[imports], "source": both}
+    return {**core, "cells": cells + code[2:]}
+
+
 def the_exercise(part: int, name: str) -> edition.Exercise:
     return next(e for e in edition.exercises(notebook(part)) if e.name == name)
 
@@ -1034,7 +1049,7 @@ def namespaces():
                     4: part4_cells,
                     5: part5_cells,
                 }[part]()
-                built[part] = edition.notebook_namespace(notebook(part), cells)
+                built[part] = edition.notebook_namespace(with_companion(part), cells)
             plt.close("all")
         return built[part]
 

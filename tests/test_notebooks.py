@@ -15,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]_*.ipynb"))
+#: The cores and their companions ("going further", tests/test_course_shape.py).
+EVERY_NOTEBOOK = NOTEBOOKS + sorted((ROOT / "notebooks" / "further").glob("[0-9]_*.ipynb"))
 PARTS = {
     1: ("1_mnist_load", "Loading the data"),
     2: ("2_mnist_model", "Model components and the forward pass"),
@@ -219,15 +221,15 @@ def test_readme_badges_agree():
 
 def test_docstring_pointers_name_sections_that_exist():
     """'Dissected in Part 3, §3.5' in the package must point at a real heading."""
-    headings = {}
-    for path in NOTEBOOKS:
+    headings: dict[int, set[str]] = {}
+    for path in EVERY_NOTEBOOK:
         nb = load(path)
-        headings[int(path.stem[0])] = {
+        headings.setdefault(int(path.stem[0]), set()).update(
             m.group(1)
             for c in nb["cells"]
             if c["cell_type"] == "markdown"
             for m in re.finditer(r"^## (\d+\.[\dA-Z]+) ", source(c), re.M)
-        }
+        )
     pointers = 0
     for module in sorted((ROOT / "mnist_dissected").glob("*.py")):
         text = " ".join(module.read_text().split())
@@ -251,16 +253,15 @@ def test_every_part_module_points_back_to_its_notebook():
 
 def test_links_between_parts_name_sections_that_exist():
     """'(see Part 3, §3.4)' in one notebook's prose must point at a heading of Part 3."""
-    headings = {
-        int(path.stem[0]): {
+    headings: dict[int, set[str]] = {}
+    for path in EVERY_NOTEBOOK:
+        headings.setdefault(int(path.stem[0]), set()).update(
             m.group(1)
             for c in load(path)["cells"]
             if c["cell_type"] == "markdown"
             for m in re.finditer(r"^## (\d+\.[\dA-Z]+) ", source(c), re.M)
-        }
-        for path in NOTEBOOKS
-    }
-    for path in NOTEBOOKS:
+        )
+    for path in EVERY_NOTEBOOK:
         for c in load(path)["cells"]:
             if c["cell_type"] != "markdown":
                 continue
