@@ -21,13 +21,15 @@ What it measures, in one run (a warm-up before anything is timed):
   matrix multiplication on the same device: the gap between the two is what is left to win.
 
 ``--json`` prints the same figures as one JSON object with these keys: ``machine`` (torch,
-python, device, threads, processor), ``one_time_s`` (``data_tensors``, ``compile``,
+python, device, threads, processor, vector_isa), ``one_time_s`` (``data_tensors``, ``compile``,
 ``cuda_graph_capture``: seconds or null), ``classic_epoch_s`` (``dataloader``, ``tensors``),
 ``step`` (:func:`profile_step`'s keys), ``fast`` (one entry per variant
 ``eager``/``compiled``/``graphed`` that ran: ``epoch_s`` (median of all epochs), ``runs`` (per
 seed: ``seed``, ``train_s``, ``val_accuracy`` per epoch, ``test_accuracy``), ``reached_99``,
 ``seeds``, ``median_s``, ``min_s``, ``max_s`` (seconds to 99% among the seeds that reached
-it)), ``skipped`` (variant -> why), ``ratio_fast_to_99_over_classic_dataloader_epoch``.
+it), ``flops_to_99`` (training FLOPs of a run that reaches it: every seed's run trains on as
+many images; null if none did)), ``skipped`` (variant -> why),
+``ratio_fast_to_99_over_classic_dataloader_epoch``.
 
 A run takes minutes, so it first says what it will measure and about how long that takes
 (:func:`plan`), then prints each figure as soon as it is measured, flushed, one line each, then
@@ -53,7 +55,7 @@ from . import fastpath
 from .data import TensorBatches, load_mnist, make_loader, mnist_transform
 from .devices import pick_device, seed_everything, synchronize
 from .models import Net, loss_function
-from .recipes import get_recipe, make_optimizer
+from .recipes import TRAINING_IMAGES, get_recipe, make_optimizer
 from .train import train_epoch, train_model
 
 TARGET = 0.99
@@ -85,6 +87,20 @@ def processor_name(device: torch.device) -> str:
     except OSError:  # not Linux
         pass
     return platform.processor() or platform.machine()
+
+
+def vector_isa() -> str:
+    """The widest vector instructions PyTorch's CPU kernels use here (``AVX512``, ``AVX2``,
+    ...): machines of one model name can differ, and a CPU's speed here differs about 2.5x
+    between the two."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def training_flops(step: dict[str, Any], *, epochs: int) -> float:
+    """Training FLOPs of one fast-recipe run: one step's count per image (forward and backward
+    are linear in the batch size) times the images it trains on. Every seed's run trains on
+    as many images, so this is the FLOPs to 99% of each seed that gets there."""
+    return step["flops_per_step"] / step["batch_size"] * TRAINING_IMAGES * epochs
 
 
 def time_epoch(batches, device: torch.device, *, channels_last: bool = False) -> float:
@@ -319,6 +335,7 @@ def measure(
             "device": str(device),
             "threads": torch.get_num_threads(),
             "processor": processor_name(device),
+            "vector_isa": vector_isa(),
         },
         "one_time_s": {"data_tensors": None, "compile": None, "cuda_graph_capture": None},
         "classic_epoch_s": (classic := {"dataloader": None, "tensors": None}),
@@ -356,6 +373,12 @@ def measure(
         if name in SET_UP:  # the first seed's: nothing cached yet
             figures["one_time_s"][SET_UP[name][1]] = result["setup_s"][0]
 
+    run_flops = training_flops(step, epochs=get_recipe("fast").epochs)
+    for result in figures["fast"].values():
+        result["flops_to_99"] = run_flops if result["reached_99"] else None
+    if figures["fast"]:
+        figure(f"fast recipe's training FLOPs to 99% (every seed that reaches it): {run_flops:.3g}")
+
     best = min((v["median_s"] for v in figures["fast"].values() if v["median_s"]), default=None)
     ratio = best / classic["dataloader"] if best and classic["dataloader"] else None
     figures["ratio_fast_to_99_over_classic_dataloader_epoch"] = ratio
@@ -374,7 +397,7 @@ def report(figures: dict[str, Any]) -> str:
     fast = get_recipe("fast")
     lines = [
         f"mnist-dissected bench: torch {m['torch']}, Python {m['python']}, {m['device']}, "
-        f"{m['threads']} threads, {m['processor']}",
+        f"{m['threads']} threads, {m['processor']} ({m['vector_isa']})",
         "",
         "One-time costs (s):",
         f"  data as tensors            {_s(figures['one_time_s']['data_tensors'])}",
@@ -409,6 +432,8 @@ def report(figures: dict[str, Any]) -> str:
             f"seeds in {_s(v['median_s'])} s median (min {_s(v['min_s'])}, max {_s(v['max_s'])}); "
             f"test % {tests}"
         )
+        if v.get("flops_to_99"):
+            lines.append(f"  {'':<9} training FLOPs to 99%: {v['flops_to_99'] / 1e12:.2f} TFLOP")
     for name, why in figures["skipped"].items():
         lines.append(f"  {name:<9} not run: {why}")
     ratio = figures["ratio_fast_to_99_over_classic_dataloader_epoch"]

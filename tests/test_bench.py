@@ -192,6 +192,9 @@ def test_quick_json_has_the_documented_keys():
     assert 0.9 < eager["runs"][0]["test_accuracy"] <= 1
     assert figures["skipped"]["graphed"]  # says why (no CUDA here, or --quick)
     assert figures["step"]["flops_per_step"] == 2 * 256 * (480_500 + 817_000)
+    assert figures["machine"]["vector_isa"] in {"AVX512", "AVX2", "DEFAULT", "NEON", "SVE256"}
+    if eager["reached_99"]:
+        assert eager["flops_to_99"] == 2 * (480_500 + 817_000) * 55_000 * 3
     assert "Fast recipe" in report(figures)
     assert result.stderr.startswith("bench on cpu: timing 1 seed of the fast recipe (eager)")
     assert "  fast recipe eager, seed 1 of 1: training " in result.stderr
@@ -310,6 +313,7 @@ def test_with_json_each_figure_goes_to_stderr_as_measured_and_stdout_is_one_obje
         ("measure", "eager seed 1"),
         ("said", "  fast recipe eager, seed 1 of 1: training 9.00 s, test accuracy 99.14% on cpu"),
         ("said", "  fast recipe eager: 99% reached by 1/1 seeds in 9.00 s median on cpu"),
+        ("said", "  fast recipe's training FLOPs to 99% (every seed that reaches it): 4.28e+11"),
     ]
     assert_in_order(progress, on("stderr", plan + DATA + TENSORS_AND_STEP + eager))
     assert "about " in progress[0][1]  # how long, roughly: the number is not checked
@@ -319,6 +323,9 @@ def test_with_json_each_figure_goes_to_stderr_as_measured_and_stdout_is_one_obje
     assert figures["one_time_s"]["data_tensors"] == 0.25
     assert figures["fast"]["eager"]["runs"][0]["train_s"] == 9.0
     assert set(figures["skipped"]) == {"compiled", "graphed"}
+    # 664 MFLOP a step of 256 images; 55,000 images an epoch, 3 epochs
+    assert figures["fast"]["eager"]["flops_to_99"] == pytest.approx(664e6 / 256 * 55_000 * 3)
+    assert figures["machine"]["vector_isa"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_without_json_each_figure_is_printed_as_measured_then_the_table(timeline, monkeypatch):
@@ -341,6 +348,7 @@ def test_without_json_each_figure_is_printed_as_measured_then_the_table(timeline
         ("measure", "compiled seed 2"),
         ("said", "compiled, seed 2 of 2: compiling 4.50 s, training 12.00 s, test accuracy 98.97%"),
         ("said", "  fast recipe compiled: 99% reached by 1/2 seeds in 12.00 s median on cpu"),
+        ("said", "  fast recipe's training FLOPs to 99% (every seed that reaches it): 4.28e+11"),
         ("said", "  fast recipe's median seconds to 99% / one DataLoader epoch: 0.25 on cpu"),
     ]
     expected = on("stdout", plan + DATA + DATALOADER + TENSORS_AND_STEP + fast)
@@ -351,6 +359,7 @@ def test_without_json_each_figure_is_printed_as_measured_then_the_table(timeline
     table = [line for _, line in table]
     assert table[0] == "" and table[1].startswith("mnist-dissected bench: torch ")
     assert "  torch.compile (first run)    9.00" in table
+    assert table.count("            training FLOPs to 99%: 0.43 TFLOP") == 2
 
 
 def test_measure_says_nothing_unless_given_somewhere_to_say_it(timeline, monkeypatch):

@@ -65,7 +65,7 @@ def test_every_part_is_written_and_opens_in_colab_and_jupyterlab(built):
         assert badge.endswith(f"/blob/main/{edition.EDITION}/{stem}.ipynb"), badge
         assert edition.NOTE.format(name=f"{stem}.ipynb") in title
         for cell in notebook["cells"]:
-            for link in re.findall(r"\]\((\.\./[^)#\s]+)", edition.source(cell)):
+            for link in re.findall(r"\]\((\.\./[^)#\s]+|further/[^)#\s]+)", edition.source(cell)):
                 target = (ROOT / edition.EDITION / link).resolve()
                 assert target.exists(), f"{stem}: {link} leads nowhere from {edition.EDITION}"
 
@@ -103,6 +103,7 @@ def test_everything_else_is_the_series_as_committed(stem, built):
             assert (mine["outputs"], mine["execution_count"]) == want, f"cell {i}"
         elif i:
             deeper = edition.source(theirs).replace("](../", "](../../")
+            deeper = deeper.replace("](further/", "](../../notebooks/further/")
             assert edition.source(mine) == deeper, f"cell {i}"
 
 

@@ -13,8 +13,10 @@ cannot drift. nbconvert's ``TagRemovePreprocessor`` does the work, by cell tags:
 - everything else: kept as committed, outputs included (executed as in the series).
 
 The title's Colab badge is pointed at the edition's own copy on GitHub
-(``<repository>/blob/<ref>/student/notebooks/<name>.ipynb``), and links into the repository
-(``../mnist_dissected/...``) gain one ``../``, since the edition sits one folder deeper. Each
+(``<repository>/blob/<ref>/student/notebooks/<name>.ipynb``), links into the repository
+(``../mnist_dissected/...``) gain one ``../``, since the edition sits one folder deeper, and
+links to a part's companion (``further/...``: deep dives, no exercises) lead to the series'
+own copy in ``notebooks/further/``. Each
 notebook is written as JupyterLab saves it (``notebook_form.lab_form``), so opening one in Lab
 and saving it changes nothing.
 
@@ -122,6 +124,15 @@ def notebook_namespace(notebook: dict, markers: tuple[str, ...] = ()) -> dict:
     return namespace
 
 
+def deeper_links(markdown: str) -> str:
+    """``markdown`` with its relative links fixed for the edition's folder: links into the
+    repository (``../mnist_dissected/...``) gain one ``../``; links to a companion notebook
+    (``further/...``, the "going further" deep dives, which have no solutions to remove) lead
+    to the series' own copy."""
+    markdown = re.sub(r"\]\(\.\./", "](../../", markdown)
+    return re.sub(r"\]\(further/", "](../../notebooks/further/", markdown)
+
+
 def colab_badge_target(text: str, stem: str, ref: str) -> str:
     """``text`` with the Colab badge's link moved from the series' notebook to the edition's."""
     repository = r"(https://colab\.research\.google\.com/github/[^/\s]+/[^/\s]+)"
@@ -141,7 +152,7 @@ def student_notebook(notebook: nbformat.NotebookNode, stem: str, *, ref: str = "
     edition, _ = remover.preprocess(edition, {})
     for cell in edition.cells:
         if cell.cell_type == "markdown":
-            cell.source = re.sub(r"\]\(\.\./", "](../../", cell.source)
+            cell.source = deeper_links(cell.source)
     title = edition.cells[0]
     title.source = colab_badge_target(title.source, stem, ref)
     heading, _, rest = title.source.partition("\n")
