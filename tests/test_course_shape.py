@@ -169,3 +169,20 @@ def test_core_and_companion_link_both_ways_section_by_section(companion):
 
 def _ids(label: str) -> list[str]:
     return re.findall(r"§(\d\.[\dA-Z]+)", label)
+
+
+def test_readme_lists_every_core_and_companion_with_its_time():
+    """The README's table is where a lecturer chooses: each core with its time, each companion
+    beside it, both opening in Colab."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    badge = repo_url().removeprefix("https://github.com/")
+    colab = f"https://colab.research.google.com/github/{badge}/blob/main/notebooks/"
+    for core_path, companion_path in zip(CORES, COMPANIONS, strict=True):
+        row = next(
+            (line for line in readme.splitlines() if f"](notebooks/{core_path.name})" in line),
+            None,
+        )
+        assert row, f"README: no row for {core_path.name}"
+        assert f"](notebooks/further/{companion_path.name})" in row, "its companion beside it"
+        assert f"({colab}further/{companion_path.name})" in row, "the companion opens in Colab"
+        assert re.search(r"\b\d+ min\b", row), "the core's time, in minutes"
