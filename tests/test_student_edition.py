@@ -33,6 +33,7 @@ CONVERTED = (
     "3_mnist_backprop",
     "4_mnist_train",
     "5_mnist_visualize",
+    "6_mnist_distributed",
 )
 #: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.13's fgsm).
 SETUP = {"5_mnist_visualize": ("def fgsm(",)}
