@@ -15,13 +15,9 @@ time only plots.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -31,11 +27,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from .data import TensorBatches, load_mnist, train_validation_indices
-from .files import atomic_write, file_lock
-from .mnist_files import data_root
 from .models import Net
 from .plots import STYLE, styled
-from .pretrained import TRAINING_STREAM
+from .results_cache import cached_experiment
 
 #: The layers of ``Net`` that hold weights, in the order the forward pass runs them.
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
@@ -228,36 +222,6 @@ def diagnose_run(
     return out
 
 
-def diagnostics_key(settings: dict[str, Any]) -> str:
-    """A short fingerprint of every setting of the experiment, the torch version and
-    :data:`~mnist_dissected.pretrained.TRAINING_STREAM`: the cache file's name. Any change
-    to any of them is a new file, never an old one reused."""
-    fields = {
-        "settings": settings,
-        "torch": torch.__version__,
-        "stream": TRAINING_STREAM,
-        "version": DIAGNOSTICS_VERSION,
-    }
-    text = json.dumps(fields, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def diagnostics_path(settings: dict[str, Any], *, root: str | os.PathLike | None = None) -> Path:
-    """Where :func:`diagnose_inits` caches its records: beside ``load_or_train``'s checkpoints
-    (``<data root>/checkpoints``), one JSON file per fingerprint."""
-    return data_root(root) / "checkpoints" / f"diagnostics_{diagnostics_key(settings)}.json"
-
-
-def _read_cache(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached["settings"] == settings and isinstance(cached["runs"], dict):
-            return cached["runs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 def diagnose_inits(
     *,
     seeds: Sequence[int] = (1, 2),
@@ -290,18 +254,13 @@ def diagnose_inits(
         "bins": bins,
         "histogram_steps": list(histogram_steps),
     }
-    path = diagnostics_path(settings, root=root)
-    with file_lock(path.with_name(path.name + ".lock")):
-        if path.is_file():
-            runs = _read_cache(path, settings)
-            if runs is not None:
-                return runs
-            print(f"cannot use {path.name}; recording it again", file=sys.stderr)
+
+    def record() -> dict[str, dict[str, Any]]:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the same sums in the same order on any number of cores
         try:
             images = training_subset(subset, batch_size=batch_size, seed=0, root=root)
-            runs = {
+            return {
                 f"{init}/seed{seed}": diagnose_run(
                     scaled_net(scale, seed=seed),
                     dataclasses.replace(images, seed=seed),  # its shuffle drawn from seed
@@ -316,9 +275,9 @@ def diagnose_inits(
             }
         finally:
             torch.set_num_threads(threads)
-        with atomic_write(path) as f:
-            f.write(json.dumps({"settings": settings, "runs": runs}).encode())
-    return runs
+
+    settings["version"] = DIAGNOSTICS_VERSION
+    return cached_experiment("diagnostics", settings, record, root=root)
 
 
 #: CS231n's rule of thumb for the update-to-weight ratio, drawn on the ratio plots.

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mnist_dissected import diagnostics as D
+from mnist_dissected import results_cache as R
 from mnist_dissected.data import TensorBatches
 from mnist_dissected.models import Net
 
@@ -176,7 +177,7 @@ def test_a_run_records_every_step_and_its_histograms(monkeypatch, tmp_path):
 def test_the_cache_is_read_back_and_keyed_by_every_setting(monkeypatch, tmp_path):
     monkeypatch.setattr(D, "training_subset", fake_subset)
     first = D.diagnose_inits(root=tmp_path, **SMALL)
-    files = list((tmp_path / "checkpoints").glob("diagnostics_*.json"))
+    files = list((tmp_path / "checkpoints").glob("experiment_diagnostics_*.json"))
     assert len(files) == 1
 
     def fail(*a, **k):
@@ -184,12 +185,12 @@ def test_the_cache_is_read_back_and_keyed_by_every_setting(monkeypatch, tmp_path
 
     monkeypatch.setattr(D, "diagnose_run", fail)
     assert D.diagnose_inits(root=tmp_path, **SMALL) == first
-    base = D.diagnostics_key({"a": 1})
-    monkeypatch.setattr(D.torch, "__version__", "0.0-other")
-    assert D.diagnostics_key({"a": 1}) != base, "the torch version is in the key"
+    base = R.experiment_path("diagnostics", {"a": 1})
+    monkeypatch.setattr(R.torch, "__version__", "0.0-other")
+    assert R.experiment_path("diagnostics", {"a": 1}) != base, "the torch version is in the key"
     monkeypatch.undo()
-    monkeypatch.setattr(D, "TRAINING_STREAM", D.TRAINING_STREAM + 1)
-    assert D.diagnostics_key({"a": 1}) != base, "the training stream is in the key"
+    monkeypatch.setattr(R, "TRAINING_STREAM", R.TRAINING_STREAM + 1)
+    assert R.experiment_path("diagnostics", {"a": 1}) != base, "the stream is in the key"
     monkeypatch.undo()
     # diagnose_inits keys its file by the value of every one of its settings (all but root)
     changed = dict(
@@ -207,17 +208,17 @@ def test_the_cache_is_read_back_and_keyed_by_every_setting(monkeypatch, tmp_path
     monkeypatch.setattr(D, "training_subset", fake_subset)
     for field, value in changed.items():
         D.diagnose_inits(root=tmp_path, **{**SMALL, field: value})
-    written = list((tmp_path / "checkpoints").glob("diagnostics_*.json"))
+    written = list((tmp_path / "checkpoints").glob("experiment_diagnostics_*.json"))
     assert len(written) == 1 + len(changed), "each setting changed: a file of its own"
 
 
 def test_a_corrupt_cache_file_is_recorded_again(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(D, "training_subset", fake_subset)
     first = D.diagnose_inits(root=tmp_path, **SMALL)
-    (path,) = (tmp_path / "checkpoints").glob("diagnostics_*.json")
+    (path,) = (tmp_path / "checkpoints").glob("experiment_diagnostics_*.json")
     for bad in ("{not json", json.dumps({"settings": "other", "runs": {}}), ""):
         path.write_text(bad)
         assert D.diagnose_inits(root=tmp_path, **SMALL) == first  # deterministic on the CPU
-        assert "recording it again" in capsys.readouterr().err
-        assert json.loads(path.read_text())["runs"] == first
+        assert "computing it again" in capsys.readouterr().err
+        assert json.loads(path.read_text())["result"] == first
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "no lock or temp left"
