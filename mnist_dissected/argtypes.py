@@ -1,5 +1,5 @@
 """Command-line value types that check what they parse: ``--lr nan`` is a usage error (the CLI
-of Part 4, §4.13, and Part 6's demonstrations).
+of Part 4, §4.F, and Part 6's demonstrations).
 
 Why this module exists: the CLI (``python -m mnist_dissected``) and Part 6's demonstrations
 (:mod:`mnist_dissected.dist_demo`) both parse numbers from a command line, and a bad one must be

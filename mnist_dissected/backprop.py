@@ -105,8 +105,8 @@ relu = ReLUFunction.apply
 
 
 def maxpool2d_forward(x: Tensor, k: int = 2) -> tuple[Tensor, Cache]:
-    """Max pooling as in ``F.max_pool2d(x, k)``. x: (N, C, H, W). Dissected in Part 2, §2.7
-    (forward) and Part 3, §3.9 (backward).
+    """Max pooling as in ``F.max_pool2d(x, k)``. x: (N, C, H, W). Dissected in Part 2, §2.6
+    (forward) and Part 3, §3.8 (backward).
 
     ``F.unfold`` (the same im2col as in the convolution) makes each k x k window into one
     column. Then it is a max over that column.
@@ -138,7 +138,7 @@ def maxpool2d_backward(grad_out: Tensor, cache: Cache) -> Tensor:
 
 def conv2d_forward(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Cache]:
     """Convolution as in ``F.conv2d(x, weight, bias)``. x: (N, C, H, W), weight: (O, C, kh, kw).
-    Dissected in Part 2, §2.4 (forward) and Part 3, §3.9 (backward).
+    Dissected in Part 2, §2.4 (forward) and Part 3, §3.8 (backward).
 
     im2col: ``F.unfold`` copies each (C, kh, kw) patch into one column. Then the convolution
     is one matrix product, the same as a linear layer applied to every patch.
@@ -260,7 +260,7 @@ def net_with_masks(
     net: Net, x: Tensor, masks: tuple[Tensor, Tensor], *, p: float = DROPOUT_P
 ) -> Tensor:
     """``Net.forward`` in training mode through autograd, with the dropout masks given instead
-    of drawn: the reference :func:`net_backward` is checked against. Dissected in Part 3, §3.11.
+    of drawn: the reference :func:`net_backward` is checked against. Dissected in Part 3, §3.I.
     """
     x = F.relu(F.max_pool2d(net.conv1(x), 2))
     x = F.relu(F.max_pool2d(net.conv2(x) * masks[0] / (1 - p), 2))  # conv2_drop (Dropout2d)
@@ -276,8 +276,8 @@ def net_forward(
     *,
     masks: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Cache]]:
-    """Run the Net by hand. Returns ``(log_probs, loss, caches)``. Dissected in Part 2, §2.12
-    (the forward) and Part 3, §3.11.
+    """Run the Net by hand. Returns ``(log_probs, loss, caches)``. Dissected in Part 2, §2.11
+    (the forward) and Part 3, §3.10.
 
     ``params`` holds the Net's parameters, with the names from ``net.named_parameters()``.
     ``masks`` is ``(conv2_drop_mask, fc1_drop_mask)`` in training mode, or ``None`` for
@@ -375,7 +375,7 @@ class PairFunction(torch.autograd.Function):
 
 def as_autograd(forward: Callable, backward: Callable) -> Callable[..., Tensor]:
     """One function that autograd differentiates with ``backward``: ``f(*inputs) -> out``.
-    Dissected in Part 3, §3.8."""
+    Dissected in Part 3, §3.F."""
     return lambda *inputs: PairFunction.apply(forward, backward, *inputs)
 
 
@@ -384,7 +384,7 @@ def check_pair(
 ) -> str:
     """Check a hand-written pair three ways: its output against PyTorch's ``reference``, its
     gradients against autograd's, and (in float64) against finite differences with
-    ``gradcheck``. Dissected in Part 3, §3.8.
+    ``gradcheck``. Dissected in Part 3, §3.F.
 
     The first inputs get gradients, as many as ``backward`` returns; the rest (a target, a
     mask, a kernel size) are passed along unchanged.
@@ -415,7 +415,7 @@ def numerical_gradient(
 ) -> float:
     """Estimate d f / d tensor[index] with a central difference: (f(t+eps) - f(t-eps)) / 2eps.
 
-    Dissected in Part 3, §3.12. ``f`` takes no arguments and returns a scalar that depends on
+    Dissected in Part 3, §3.11. ``f`` takes no arguments and returns a scalar that depends on
     ``tensor``. This changes
     ``tensor`` in place for a moment and then puts the old value back. It needs two
     forward passes per element, which is far too slow for training, but it is a check that

@@ -1,5 +1,5 @@
 """Benchmark (not a test): how fast ``Net`` trains on this machine, each way the series knows
-(Part 4, §4.14 reads its figures; ``python -m mnist_dissected bench`` runs it).
+(Part 4, §4.H reads its figures; ``python -m mnist_dissected bench`` runs it).
 
 Why this module exists: the series claims that holding the data set as one tensor is faster
 than the per-image ``Dataset``/``DataLoader`` path, and that the fast recipe is fast. Timing
@@ -194,7 +194,7 @@ def profile_step(
 ) -> dict[str, Any]:
     """Where a training step of the fast recipe (its model, layout, optimizer and schedule, as
     ``RECIPES["fast"]`` says) spends its time, on random images of ``batch_size``: what the
-    series measured before changing anything (Part 4, §4.14).
+    series measured before changing anything (Part 4, §4.H).
 
     Returns ``step_ms`` (mean over ``steps`` steps after 3 warm-up steps, timed without the
     profiler, which slows what it watches), ``share`` (over ``steps`` more steps under the

@@ -1,4 +1,4 @@
-"""Saving and loading trained models, safely (dissected in Part 4, §4.8).
+"""Saving and loading trained models, safely (dissected in Part 4, §4.8 and §4.G).
 
 Why this module exists:
 - A checkpoint is the ``state_dict`` plus what you need to trust it later: architecture,

@@ -1,5 +1,5 @@
 """Command line: ``python -m mnist_dissected train`` (the example's flags), ``bench``, and
-``score`` and ``export`` for checkpoints: the line each part ends with (Part 4, §4.13; under
+``score`` and ``export`` for checkpoints: the line each part ends with (Part 4, §4.F; under
 ``torchrun``, Part 6).
 
 Why this module exists: the notebooks end with "the CLI line that reproduces this", so a reader
@@ -215,7 +215,7 @@ def add_bench_flags(b: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe a ``train`` command line asks for: the named recipe with the flags given
-    replacing its fields (Part 4, §4.13 shows that it is the notebook's recipe). The recipe
+    replacing its fields (Part 4, §4.F shows that it is the notebook's recipe). The recipe
     checks itself (:class:`~mnist_dissected.recipes.Recipe`): a contradiction, such as
     ``--momentum`` with the fast recipe's Adam, raises a
     :class:`~mnist_dissected.errors.RecipeError`, which :func:`run_train` shows as a usage

@@ -1,5 +1,5 @@
-"""The command line's checkpoints: where they are written, ``score`` and ``export`` (Part 4, §4.8
-for checkpoints, §4.13 for the command line).
+"""The command line's checkpoints: where they are written, ``score`` and ``export`` (Part 4, §4.G
+for checkpoints, §4.F for the command line).
 
 Why this module exists: a checkpoint crosses between the package and the PyTorch example both
 ways, and the command line is where a reader does it. ``score`` prints a checkpoint's test

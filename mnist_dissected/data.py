@@ -84,7 +84,7 @@ def download_failure(error: Exception, printed: str) -> Exception:
 
 def mnist_transform(pad: int = 0) -> transforms.Compose:
     """``ToTensor`` then ``Normalize`` as in the example; ``pad=2`` first pads 28x28 to 32x32
-    for :class:`~mnist_dissected.models.LeNet`. Dissected in Part 1, §1.10."""
+    for :class:`~mnist_dissected.models.LeNet`. Dissected in Part 1, §1.11."""
     steps = [transforms.Pad(pad)] if pad else []
     steps += [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
     return transforms.Compose(steps)
@@ -95,7 +95,7 @@ def pad_to_32(images: torch.Tensor, *, value: float = 0.0) -> torch.Tensor:
 
     The border is black: 0 for raw pixels (what ``transforms.Pad(2)`` does to the PIL image);
     for images already normalized pass ``value=NORMALIZED_BLACK``. Why pad rather than resize:
-    Part 2, §2.18.
+    Part 2, §2.I.
     """
     return torch.nn.functional.pad(images, (2, 2, 2, 2), value=value)
 
@@ -124,8 +124,8 @@ def centre_of_mass(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ink-weighted mean (row, column) of each image of a stack (..., H, W), in pixels
     from the top-left pixel's centre, so the middle of a 28 x 28 field is (13.5, 13.5).
     MNIST's makers put it at (14, 14), half a pixel below and right of that middle (within
-    half a pixel: they shifted by whole pixels). Dissected in Part 1, §1.3 (used again in
-    Part 5, §5.14); the preprocessing of drawings (:mod:`mnist_dissected.preprocess`) centres
+    half a pixel: they shifted by whole pixels). Dissected in Part 1, §1.B (used again in
+    Part 5, §5.J); the preprocessing of drawings (:mod:`mnist_dissected.preprocess`) centres
     them by it.
     """
     mass = images.double()

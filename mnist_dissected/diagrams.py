@@ -1,8 +1,8 @@
 """Drawn diagrams for Parts 2 and 3: what one layer computes, with the numbers it computes.
 Part 2: a convolution's weighted sum (§2.3), channels summed into one map (§2.4), max pooling
-(§2.7, and its backward in Part 3, §3.9), ReLU and pooling in both orders (§2.8), dropout's mask
-(§2.9), flattening (§2.10), log-softmax (§2.11, and its gradient in Part 3, §3.10), the receptive
-field of one ``conv2`` output (§2.18); Part 3: ReLU's backward (§3.7). The graphs
+(§2.6, and its backward in Part 3, §3.8), ReLU and pooling in both orders (§2.7), dropout's mask
+(§2.8), flattening (§2.9), log-softmax (§2.10, and its gradient in Part 3, §3.9), the receptive
+field of one ``conv2`` output (§2.I); Part 3: ReLU's backward (§3.7). The graphs
 (architectures, autograd, a linear layer's backward, DDP's all-reduce) are
 :mod:`~mnist_dissected.diagrams_graphs`'s.
 
@@ -138,7 +138,7 @@ def draw_channel_sum(inputs: Any, kernels: Any, *, bias: float = 0.0) -> Figure:
 @styled
 def draw_max_pool(x: Any, *, size: int = 2) -> Figure:
     """The grid cut into ``size`` x ``size`` windows, the maximum of each outlined, and the
-    pooled map. Part 2, §2.7 (what max pooling keeps) and Part 3, §3.9 (its backward sends the
+    pooled map. Part 2, §2.6 (what max pooling keeps) and Part 3, §3.8 (its backward sends the
     gradient to those maxima only). The maxima are the ones ``F.max_pool2d`` picks (its indices);
     rows and columns past the last whole window are in no window: pooling drops them."""
     grid = as_grid(x)
@@ -168,7 +168,7 @@ def draw_max_pool(x: Any, *, size: int = 2) -> Figure:
 @styled
 def draw_dropout_mask(x: Any, *, p: float = 0.5, seed: int = 0) -> Figure:
     """The input, dropout's random 0/1 mask, and the output: the kept values scaled by
-    1/(1 - p) so that the mean is unchanged. Part 2, §2.9 (and its backward, Part 3, §3.11).
+    1/(1 - p) so that the mean is unchanged. Part 2, §2.8 (and its backward, Part 3, §3.F).
     The numbers are ``F.dropout(x, p)``'s after ``torch.manual_seed(seed)`` (the caller's
     random state is left as it was)."""
     grid = as_grid(x)
@@ -192,7 +192,7 @@ def draw_dropout_mask(x: Any, *, p: float = 0.5, seed: int = 0) -> Figure:
 @styled
 def draw_relu_and_pool(x: Any, *, size: int = 2) -> Figure:
     """ReLU and max pooling in both orders on one grid: ``Net``'s pool-then-ReLU above,
-    ``LeNet``'s ReLU-then-pool below, and the map each ends with. Part 2, §2.8: ReLU never
+    ``LeNet``'s ReLU-then-pool below, and the map each ends with. Part 2, §2.7: ReLU never
     decreases, so the largest of a window stays the largest after it. The maps are
     ``F.relu(F.max_pool2d(x))`` and ``F.max_pool2d(F.relu(x))``."""
     grid = as_grid(x)
@@ -221,7 +221,7 @@ def draw_relu_and_pool(x: Any, *, size: int = 2) -> Figure:
 @styled
 def draw_flatten(x: Any) -> Figure:
     """C maps of H x W and the one row ``torch.flatten`` makes of them: channel 0's rows first,
-    then channel 1's, and so on. Part 2, §2.10: each image's feature maps become the inputs of
+    then channel 1's, and so on. Part 2, §2.9: each image's feature maps become the inputs of
     the first linear layer in this order. The row drawn is ``torch.flatten(x)``."""
     maps = torch.as_tensor(x, dtype=torch.get_default_dtype()).detach().cpu()
     if maps.dim() != 3:
@@ -245,9 +245,9 @@ def draw_flatten(x: Any) -> Figure:
 @styled
 def draw_log_softmax(logits: Any, target: Any = None) -> Figure:
     """Log-softmax row by row: each row of scores minus its logsumexp is the row's
-    log-probabilities, whose exponentials sum to 1. Part 2, §2.11. With ``target`` (one class
+    log-probabilities, whose exponentials sum to 1. Part 2, §2.10. With ``target`` (one class
     per row), below: the gradient of the mean NLL loss with respect to the scores, autograd's,
-    beside (softmax − onehot) / N. Part 3, §3.10."""
+    beside (softmax − onehot) / N. Part 3, §3.9."""
     z = as_grid(logits)
     n, classes = z.shape
     log_p = F.log_softmax(z, dim=1)
@@ -280,7 +280,7 @@ def draw_log_softmax(logits: Any, target: Any = None) -> Figure:
 @functools.cache
 def conv2_reach() -> torch.Tensor:
     """784 x 20 x 8 x 8 booleans: whether input pixel i (row-major) reaches each output of
-    ``Net``'s ``conv2``. Part 2, §2.18.
+    ``Net``'s ``conv2``. Part 2, §2.I.
 
     Why NaN and not a gradient: a gradient through max pooling reaches only the maximum of
     each window, so it shows part of what an output can see. A NaN put in one pixel reaches
@@ -301,7 +301,7 @@ def conv2_reach() -> torch.Tensor:
 
 def receptive_field(row: int, col: int, *, channel: int = 0) -> torch.Tensor:
     """The 28 x 28 boolean mask of the input pixels that ``Net``'s ``conv2`` output at
-    (channel, row, col) depends on (:func:`conv2_reach`). Part 2, §2.18."""
+    (channel, row, col) depends on (:func:`conv2_reach`). Part 2, §2.I."""
     reach = conv2_reach()
     _, channels, height, width = reach.shape
     if not (0 <= channel < channels and 0 <= row < height and 0 <= col < width):
@@ -318,7 +318,7 @@ def draw_receptive_field(
 ) -> Figure:
     """The input patch one ``conv2`` output of ``Net`` sees, outlined on the 28 x 28 input
     (``image`` under it if given), beside ``conv2``'s 8 x 8 map with that output marked.
-    Part 2, §2.18: two 5 x 5 convolutions and a 2 x 2 pooling make a 14 x 14 field (the size
+    Part 2, §2.I: two 5 x 5 convolutions and a 2 x 2 pooling make a 14 x 14 field (the size
     is computed by :func:`receptive_field`, not written in)."""
     field = receptive_field(row, col, channel=channel)
     n = field.shape[0]

@@ -1,5 +1,5 @@
 """Drawn graphs for Parts 2, 3 and 6: what flows where. Part 2: ``Net``'s and ``LeNet``'s
-architecture with every tensor's shape (§2.1, §2.12, §2.13). Part 3: the autograd graph of
+architecture with every tensor's shape (§2.1, §2.11, §2.12). Part 3: the autograd graph of
 ``z = x * y`` (§3.1) and of ``Net``'s loss (§3.4), a matrix product's backward (§3.2), a
 vector-Jacobian product (§3.3), one linear layer's backward (§3.6).
 Part 6: DDP's all-reduce across two processes, and its buckets (§6.4).
@@ -57,7 +57,7 @@ class _Recorder(TorchFunctionMode):
 
 def layer_shapes(model_name: str) -> list[Step]:
     """Every tensor of one forward pass of a fresh ``model_name`` ("net", "lenet") on one blank
-    image, in order, input first. Part 2, §2.12-2.13.
+    image, in order, input first. Part 2, §2.10-2.12.
 
     Why a recording and not a table: forward hooks on the modules say which module runs (and
     see ``conv1``, not ``F.max_pool2d``); a torch-function mode sees every function ``forward``
@@ -106,8 +106,8 @@ def describe(module: nn.Module) -> str:
 @styled
 def draw_architecture(model_name: str = "net") -> Figure:
     """One box per step of the forward pass of ``Net`` ("net") or ``LeNet`` ("lenet"), layers
-    with weights in green, and the shape of the tensor after each. Part 2, §2.1, §2.12 and
-    §2.13. The shapes come from running the real model (:func:`layer_shapes`)."""
+    with weights in green, and the shape of the tensor after each. Part 2, §2.1, §2.11 and
+    §2.12. The shapes come from running the real model (:func:`layer_shapes`)."""
     steps = layer_shapes(model_name)
     with seeded(0):
         model = model_class(model_name)()

@@ -1,5 +1,5 @@
 """Draw a digit, and watch the trained network read it: a live widget and its static fallback.
-Used in Part 5: §5.12 (:func:`class_scores`, for saliency) and §5.17 (the widget).
+Used in Part 5: §5.11 (:func:`class_scores`, for saliency) and §5.15 (the widget).
 
 Why this module exists: a test accuracy of 99% says little until you write a digit yourself
 and see what the network makes of it. :class:`DigitPad` is a canvas in the notebook: draw with
@@ -9,7 +9,7 @@ stroke, Python preprocesses the drawing exactly as MNIST's digits were
 model gets, its ten probabilities, its answer, and a saliency map: how much each input pixel
 moves the winning class's score, :math:`|\\partial \\max_k z_k / \\partial x|`, where
 :math:`z` are the raw scores (logits) before ``log_softmax`` (:func:`class_scores`; the
-saliency of Part 5, §5.12, which shows why not the log-probability).
+saliency of Part 5, §5.11, which shows why not the log-probability).
 
 The widget is an `anywidget <https://anywidget.dev>`_: its JavaScript and CSS are the files
 ``widget/draw.js`` and ``widget/draw.css`` shipped with the package (read into :data:`ESM` and
@@ -95,7 +95,7 @@ def class_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Why not the model's output: ``Net`` returns log-probabilities, and for a digit it is sure
     of, the softmax is saturated: no pixel moves the winning log-probability (about 0) by much,
-    so its gradient is almost 0 everywhere, a blank saliency map (Part 5, §5.12). The score
+    so its gradient is almost 0 everywhere, a blank saliency map (Part 5, §5.11). The score
     before ``log_softmax`` does not saturate. ``Net.forward`` does not return it, so a forward
     hook on the last ``nn.Linear`` layer (``fc2``) catches it, and a check makes sure it is what
     ``log_softmax`` turns into the model's output. A model that returns scores (``LeNet``,
@@ -128,7 +128,7 @@ def predict_batch(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, 
     """Probabilities (10) and saliency (28 x 28) of ``model`` for one normalized 1 x 1 x 28 x 28
     ``batch``. The saliency is :math:`|\\partial z_k / \\partial x|` for the winning class
     :math:`k`, with :math:`z` from :func:`class_scores`: the score, not the log-probability,
-    whose gradient vanishes for a digit the model is sure of (Part 5, §5.12). The model is run
+    whose gradient vanishes for a digit the model is sure of (Part 5, §5.11). The model is run
     in eval mode (no dropout: the same drawing always gets the same answer) and left in the
     mode it was in. A 32 x 32 model (LeNet) gets the batch padded."""
     if tuple(batch.shape) != (1, 1, 28, 28):

@@ -1,5 +1,5 @@
 """Where the package meets the PyTorch example itself: its files, its test line, its command
-lines (Part 4, §4.8 for checkpoints, §4.13 for the command line).
+lines (Part 4, §4.G for checkpoints, §4.F for the command line).
 
 Why this module exists: a reader comes with what pytorch/examples' ``mnist/main.py`` gave them,
 from the version the series dissects (d8dd8ca^) or from today's, and each of its conventions is
@@ -13,7 +13,7 @@ met here, once:
   classic recipe's SGD learns nothing, so it is refused with what to type
   (:func:`check_sgd_rate`); ``--no-mps`` (2022 to 2025) means "not MPS" (:func:`without_mps`).
 - Its script itself: both versions of ``main.py`` ship verbatim in ``upstream/``, and
-  :func:`run_example` runs one on this machine, so that Part 4, §4.5 compares its printed
+  :func:`run_example` runs one on this machine, so that Part 4, §4.B compares its printed
   lines with the ``example`` recipe's, line for line.
 """
 
@@ -107,7 +107,7 @@ def run_example(
 
 def example_epoch_line(loss: float, accuracy: float, n: int) -> str:
     """The example's test line for the figures :func:`~mnist_dissected.train.evaluate` returns
-    (mean loss, accuracy): what the ``example`` recipe prints after every epoch (Part 4, §4.5)."""
+    (mean loss, accuracy): what the ``example`` recipe prints after every epoch (Part 4, §4.B)."""
     return example_test_line(loss, round(accuracy * n), n)
 
 

@@ -33,7 +33,7 @@ def _training_split() -> tuple[torch.Tensor, torch.Tensor]:
 @exercise("normalize")
 def check_normalize(normalize: Callable[[torch.Tensor], torch.Tensor]) -> str:
     """Exercise 6: ``normalize(images)``, uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, must
-    give what ``ToTensor`` then ``Normalize`` give each image (§1.8-§1.10): that pipeline is the
+    give what ``ToTensor`` then ``Normalize`` give each image (§1.8-§1.11): that pipeline is the
     definition, a batch version has to reproduce it. Three batches of random bytes (with 0 and
     255 in each), of 1, 3 and 8 images, so a hard-coded batch size fails too."""
     pipeline = transforms.Compose(

@@ -69,7 +69,7 @@ def check_max_pool(max_pool: Callable[..., torch.Tensor]) -> str:
     """Exercise 7: ``max_pool(x, k, stride)``, the largest value of each k x k window, the
     windows ``stride`` apart, so they may overlap (stride < k): ``F.max_pool2d(x, k, stride)``,
     N x C x ((H - k) // stride + 1) x ((W - k) // stride + 1). Overlapping 3 x 3 windows first
-    (a reshape cannot make those), then §2.7's 2 x 2 and windows one pixel apart."""
+    (a reshape cannot make those), then §2.6's 2 x 2 and windows one pixel apart."""
     generator = torch.Generator().manual_seed(0)
     for shape, k, stride in (((2, 3, 7, 7), 3, 2), ((1, 2, 8, 6), 2, 2), ((1, 1, 6, 9), 3, 1)):
         x = torch.randn(*shape, generator=generator)

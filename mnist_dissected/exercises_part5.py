@@ -26,7 +26,7 @@ from .exercises import (
 )
 from .models import Net
 
-#: A white pixel, normalized: the top of the range an attacked image is clamped to (§5.13).
+#: A white pixel, normalized: the top of the range an attacked image is clamped to (§5.12).
 WHITE = (1 - MNIST_MEAN) / MNIST_STD
 
 
@@ -65,7 +65,7 @@ def check_top_k_accuracy(top_k_accuracy: Callable[..., float]) -> str:
 @exercise("precision_per_class")
 def check_precision_per_class(precision_per_class: Callable[..., torch.Tensor]) -> str:
     """Exercise 2: ``precision_per_class(cm)``, of the digits called ``p``, the share that are
-    ``p``: the diagonal over the column sums. §5.4's 3 x 3 example first (so a hard-coded 10
+    ``p``: the diagonal over the column sums. §5.5's 3 x 3 example first (so a hard-coded 10
     fails), then a 10 x 10 matrix of counts whose rows and columns sum differently."""
     generator = torch.Generator().manual_seed(0)
     tiny = torch.tensor([[1, 0, 0], [0, 0, 1], [0, 1, 1]])
@@ -74,13 +74,13 @@ def check_precision_per_class(precision_per_class: Callable[..., torch.Tensor]) 
     for cm in (tiny, counts):
         expected = cm.diag() / cm.sum(dim=0)
         hints = {
-            "That divides by the row sums: per-class accuracy (§5.5); precision divides the "
+            "That divides by the row sums: per-class accuracy (§5.6); precision divides the "
             "diagonal by the column sums": cm.diag() / cm.sum(dim=1),
         }
         got = precision_per_class(cm.clone())
         name = f"precision_per_class(cm) of a {len(cm)} x {len(cm)} matrix"
         check_tensor(got, expected, name=name, exact_dtype=False, hints=hints)
-    return "precision_per_class: §5.4's 3 x 3 example and a 10 x 10 matrix"
+    return "precision_per_class: §5.5's 3 x 3 example and a 10 x 10 matrix"
 
 
 @functools.cache
@@ -105,7 +105,7 @@ def iterative_fgsm_reference(
     descend: bool = False,
 ) -> torch.Tensor:
     """``steps`` FGSM steps of ``epsilon / steps``, the gradient of the summed loss measured
-    again before each, each step clamped to black..white (§5.13). Two typical mistakes, for
+    again before each, each step clamped to black..white (§5.12). Two typical mistakes, for
     the hints: ``measure_once`` (the gradient only before the first step) and ``descend``
     (steps down the loss, which helps the model)."""
     x, direction = images.clone(), None
@@ -122,7 +122,7 @@ def iterative_fgsm_reference(
 @exercise("iterative_fgsm")
 def check_iterative_fgsm(iterative_fgsm: Callable[..., torch.Tensor]) -> str:
     """Exercise 5: ``iterative_fgsm(model, images, targets, *, epsilon, steps)``. With one step
-    it is §5.13's FGSM; with five, each step re-measures the gradient. Checked on a seeded
+    it is §5.12's FGSM; with five, each step re-measures the gradient. Checked on a seeded
     untrained ``Net`` and eight test digits: no pixel moved by more than ``epsilon``, every
     pixel between black and white, then element by element against the reference."""
     model, images, targets = _attack_case()

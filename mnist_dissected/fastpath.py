@@ -1,5 +1,5 @@
 """The fast recipe made fast: ``torch.compile`` where it can run, and on NVIDIA GPUs the whole
-training step captured once as a CUDA graph and replayed (Part 4, §4.14: how fast it can go).
+training step captured once as a CUDA graph and replayed (Part 4, §4.H: how fast it can go).
 
 Why this module exists: ``Net`` is so small that on a GPU each training step is a couple of
 milliseconds of kernel launches and Python around a tenth of a millisecond of arithmetic

@@ -221,7 +221,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     Folders are created only now, when there is something to write, and removed again if the
     write fails. A symbolic link is written through: its target gets the new file, the link
     stays; a device, FIFO or socket is never replaced (see :func:`write_target`). Dissected in
-    Part 4, §4.B.
+    Part 4, §4.G.
     """
     path = write_target(path)
     fd, tmp, created = _new_temporary(path)

@@ -12,7 +12,7 @@ is never decompressed past the size its file has (:data:`SIZES`): a gzip bomb un
 name costs 10 KB to 47 MB of reading, not its whole stream; and one MNIST file under another's
 name is said to be that file, not called corrupt.
 
-This is plumbing: Part 1 shows it in its appendix (§1.A); the dataset, the transforms and the
+This is plumbing: Part 1's companion shows it (§1.A); the dataset, the transforms and the
 batches it teaches live in :mod:`mnist_dissected.data`.
 """
 

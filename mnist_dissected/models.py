@@ -8,7 +8,7 @@
   which expects 32x32 images: MNIST's 28x28 digits must be padded by 2 on each side.
 - :class:`TodayNet`: the example's network today (pytorch/examples since 0634306, Nov 2019;
   plain ``Dropout`` since 0f0c913, Oct 2020): two 3x3 convolutions, 1,199,882 parameters.
-  Dissected beside ``Net`` in Part 4, §4.15.
+  Dissected beside ``Net`` in Part 4, §4.I.
 
 Both check their input first, because a wrong shape otherwise fails deep inside with a message
 about matrix sizes that does not say what to do.
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 def check_input(x: torch.Tensor, model: str, size: int, *, hint: str = "") -> None:
     """Raise a ``ValueError`` that says what to do if ``x`` is not a batch N x 1 x size x size.
-    Dissected in Part 2, §2.14."""
+    Dissected in Part 2, §2.13."""
     expected = f"{model} expects a batch of shape N x 1 x {size} x {size}, got {tuple(x.shape)}"
     if x.dim() == 2:
         raise ValueError(
@@ -81,7 +81,7 @@ class MNISTModel(nn.Module):
 class Net(MNISTModel):
     """The PyTorch MNIST example's network: 21,840 parameters, log-probabilities out.
 
-    Dissected in Part 2, §2.1 and §2.12. ``dropout`` is the probability of both dropout layers
+    Dissected in Part 2, §2.1 and §2.11. ``dropout`` is the probability of both dropout layers
     (0.5 as in the example); the fast recipe turns them off with ``dropout=0``.
     """
 
@@ -120,7 +120,7 @@ class Net(MNISTModel):
 
 class LeNet(MNISTModel):
     """The 60-minute-blitz LeNet: 61,706 parameters, for 32x32 input, raw scores out.
-    Dissected in Part 2, §2.1, §2.13 and §2.17 (LeNet-5, its 1998 ancestor)."""
+    Dissected in Part 2, §2.1, §2.12 and §2.H (LeNet-5, its 1998 ancestor)."""
 
     name = "lenet"
     input_size = 32
@@ -157,7 +157,7 @@ class TodayNet(MNISTModel):
     """The example's network today (``mnist/main.py`` at 77f55b9), layer for layer: 32 and 64
     3x3 convolutions without padding (28 -> 26 -> 24), one 2x2 max-pool (24 -> 12), dropout
     0.25, 64 * 12 * 12 = 9,216 -> 128 -> 10, log-probabilities out: 1,199,882 parameters,
-    98% of them in ``fc1``. Dissected beside ``Net`` in Part 4, §4.15."""
+    98% of them in ``fc1``. Dissected beside ``Net`` in Part 4, §4.I."""
 
     name = "today"
     input_size = 28
@@ -220,5 +220,5 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def loss_function(model: nn.Module) -> Callable[..., torch.Tensor]:
     """The loss that matches the model's output: NLL for log-probabilities, cross-entropy
-    (log_softmax + NLL in one) for raw scores. Dissected in Part 3, §3.13."""
+    (log_softmax + NLL in one) for raw scores. Dissected in Part 3, §3.H."""
     return F.nll_loss if getattr(unwrap(model), "log_probs", False) else F.cross_entropy

@@ -121,7 +121,7 @@ def show_digits(
 
 def running_mean(values: Sequence[float] | torch.Tensor, n: int = 20) -> torch.Tensor:
     """The mean of each run of ``n`` consecutive values (``len(values) - n + 1`` of them):
-    a noisy per-step loss made readable. Used in Part 4, §4.10 and Part 5, §5.2."""
+    a noisy per-step loss made readable. Used in Part 4, §4.10 and Part 5, §5.B."""
     values = torch.as_tensor(values, dtype=torch.float64)
     if not 1 <= n <= len(values):
         raise ValueError(f"need 1 <= n <= {len(values)} values, got n={n}")
@@ -134,7 +134,7 @@ def plot_learning_curves(
 ) -> Figure:
     """Training loss per step (and its running mean over ``smooth`` steps) beside validation
     accuracy per epoch, from a :func:`~mnist_dissected.train.fit` history. Dissected in
-    Part 5, §5.2."""
+    Part 5, §5.B."""
     steps = [loss for record in history for loss in record["step_losses"]]
     per_epoch = len(history[0]["step_losses"])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -1,5 +1,5 @@
 """Turn any picture of a digit into what the network was trained on: MNIST's own preprocessing.
-Dissected in Part 5, §5.15 and §5.16.
+Dissected in Part 5, §5.K and §5.L.
 
 Why this module exists: the network only ever saw MNIST digits, and MNIST digits are not raw
 scans. LeCun, Cortes and Burges describe on the MNIST page (http://yann.lecun.com/exdb/mnist/)

@@ -10,16 +10,16 @@ optimizer); §4.9 measures the fast recipe over five seeds.
 
 - ``classic``: the example's recipe (SGD, lr 0.01, momentum 0.5, batch 64, dropout on), fed
   through the torchvision ``DataLoader``, trained on 55,000 images and validated on 5,000.
-- ``example``: the example of d8dd8ca^ *exactly* (Part 4, §4.5): all 60,000 training images,
+- ``example``: the example of d8dd8ca^ *exactly* (Part 4, §4.B): all 60,000 training images,
   shuffled by the global generator, the test set scored (shuffled, as it does) after every
   epoch with its whole-percent line. Run with the example's seed on the same machine, it prints
   the example's lines, loss for loss.
-- ``today``: today's example's recipe (Part 4, §4.15): Adadelta at lr 1.0, StepLR with gamma
+- ``today``: today's example's recipe (Part 4, §4.I): Adadelta at lr 1.0, StepLR with gamma
   0.7, 14 epochs, batch 64, for :class:`~mnist_dissected.models.TodayNet`; honest like
   ``classic`` (validation split, the test set once at the end).
 - ``fast``: about 99% test accuracy with ``Net`` in 3 epochs (Part 4, §4.9): Adam with a
   one-cycle learning-rate schedule, batch 256, no dropout (§4.11), channels_last memory format
-  (a layout only, §4.11), and the whole data set as one tensor on the device.
+  (a layout only, §4.D), and the whole data set as one tensor on the device.
 """
 
 from __future__ import annotations

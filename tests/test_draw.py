@@ -1,4 +1,4 @@
-"""The widget's saliency (``mnist_dissected.draw``) is Part 5 §5.12's: the gradient of the
+"""The widget's saliency (``mnist_dissected.draw``) is Part 5 §5.11's: the gradient of the
 winning class's score (logit), not of its saturated log-probability; and its front end is the
 package's ``widget/draw.js`` and ``widget/draw.css``. Small untrained models, no checkpoint and
 no browser, so these run in a second."""
@@ -33,7 +33,7 @@ def data_url(digit: int) -> str:
 
 
 def score_saliency(net: Net, batch: torch.Tensor) -> torch.Tensor:
-    """§5.12's measure, written out by hand: hook fc2, differentiate the top score."""
+    """§5.11's measure, written out by hand: hook fc2, differentiate the top score."""
     caught = []
     handle = net.fc2.register_forward_hook(lambda module, inputs, output: caught.append(output))
     x = batch.clone().requires_grad_(True)

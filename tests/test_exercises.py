@@ -52,7 +52,7 @@ NOTEBOOKS = {
     4: "4_mnist_train",
     5: "5_mnist_visualize",
 }
-#: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.13's fgsm).
+#: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.12's fgsm).
 SETUP = {1: (), 2: (), 3: (), 4: (), 5: ("def fgsm(",)}
 CHECKS = {
     1: {
@@ -789,7 +789,7 @@ def test_a_mean_step_or_cross_entropy_is_the_same_attack(capsys):
 
 def part1_cells() -> tuple[str, ...]:
     """What Part 1's answers use: both splits, the split indices, the mean images, the SGD
-    experiment of §1.9 and the raw files' folder (§1.A)."""
+    experiment of §1.10 and the raw files' folder (the companion's §1.A)."""
     return (
         "train_raw = load_mnist(",
         "data.train_validation_indices()",
@@ -801,7 +801,7 @@ def part1_cells() -> tuple[str, ...]:
 
 def part2_cells() -> tuple[str, ...]:
     """What Part 2's answers use: the seeded Net of §2.1, the batch, the untrained Net's score
-    spread (§2.15) and LeNet-5's C3 connections (§2.17)."""
+    spread (§2.14) and LeNet-5's C3 connections (§2.H)."""
     return (
         "seed_everything(0)\nnet = Net()",
         "images, labels = next(iter(make_loader(train_set, batch_size=64)))",
@@ -818,7 +818,7 @@ def part3_cells() -> tuple[str, ...]:
 def part4_cells() -> tuple[str, ...]:
     """What Part 4's answers use: §4.1's batch, the device, the training tensors and split,
     the fast recipe's batches, §4.5's tensor run (one epoch: slow), §4.7's short runs, the
-    five seeds of §4.9 (cached by load_or_train) and §4.15's start."""
+    five seeds of §4.9 (cached by load_or_train) and Adadelta by hand (the companion's §4.I)."""
     return (
         "data, target = next(iter(loader))",
         "device = pick_device()",
@@ -835,7 +835,7 @@ def part4_cells() -> tuple[str, ...]:
 
 def part5_cells() -> tuple[str, ...]:
     """What Part 5's answers use: the trained model, the test set and its predictions, the
-    confusion matrix, class_scores, and §5.13's attack."""
+    confusion matrix, class_scores, and §5.12's attack."""
     return (
         "load_or_train(seed=1",
         "test_set = load_mnist(",
@@ -936,7 +936,7 @@ assert torch.equal(max_pool(maps, 3, 2), F.max_pool2d(maps, 3, 2))
 """,
         8: """
 assert printed == "tensor([[-2.4076, -1.4076, -0.4076]])\\n"
-big = torch.tensor([[100.0, 101.0, 102.0]])  # §2.11's second row
+big = torch.tensor([[100.0, 101.0, 102.0]])  # §2.10's second row
 torch.testing.assert_close(log_softmax_by_hand(big), F.log_softmax(big, dim=1))
 """,
     },

@@ -35,7 +35,7 @@ CONVERTED = (
     "5_mnist_visualize",
     "6_mnist_distributed",
 )
-#: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.13's fgsm).
+#: Cells besides the imports that an exercise's solution needs (Part 5's reuses §5.12's fgsm).
 SETUP = {"5_mnist_visualize": ("def fgsm(",)}
 
 
