@@ -186,3 +186,14 @@ def test_readme_lists_every_core_and_companion_with_its_time():
         assert f"](notebooks/further/{companion_path.name})" in row, "its companion beside it"
         assert f"({colab}further/{companion_path.name})" in row, "the companion opens in Colab"
         assert re.search(r"\b\d+ min\b", row), "the core's time, in minutes"
+
+
+@pytest.mark.parametrize("path", CORES + COMPANIONS, ids=lambda p: p.stem)
+def test_every_relative_link_leads_somewhere(path):
+    """A link moved between a core and its companion changes folder: ``../`` must follow it."""
+    for i, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        for link in re.findall(r"\]\(([^)#\s]+)", source(cell)):
+            if not re.match(r"[a-z]+:", link):
+                assert (path.parent / link).exists(), f"{path.name} cell {i}: {link}"
