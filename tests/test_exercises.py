@@ -13,7 +13,6 @@ Parts 1 to 5 is run by :func:`test_every_solution_runs_and_holds_what_its_answer
 from __future__ import annotations
 
 import json
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -103,19 +102,7 @@ def the_exercise(part: int, name: str) -> edition.Exercise:
 
 
 def solutions(part: int) -> dict[int, list[str]]:
-    """Exercise number -> the code blocks of its solution cell (the number is the one in bold
-    at the start of the task cell before it)."""
-    cells, found = notebook(part)["cells"], {}
-    for i, cell in enumerate(cells):
-        if edition.SOLUTION in edition.tags(cell):
-            task = next(
-                edition.source(c)
-                for c in reversed(cells[:i])
-                if c["cell_type"] == "markdown" and edition.SOLUTION not in edition.tags(c)
-            )
-            number = int(re.match(r"\*\*(\d)\. ", task)[1])
-            found[number] = edition.solution_blocks(edition.source(cell))
-    return found
+    return edition.numbered_solutions(notebook(part))
 
 
 # --------------------------------------------------------------------------- the library

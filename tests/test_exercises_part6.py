@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -51,19 +50,7 @@ def the_exercise(name: str) -> edition.Exercise:
 
 
 def solutions() -> dict[int, list[str]]:
-    """Exercise number -> the code blocks of its solution cell (the number is the one in bold
-    at the start of the task cell before it)."""
-    cells, found = notebook()["cells"], {}
-    for i, cell in enumerate(cells):
-        if edition.SOLUTION in edition.tags(cell):
-            task = next(
-                edition.source(c)
-                for c in reversed(cells[:i])
-                if c["cell_type"] == "markdown" and edition.SOLUTION not in edition.tags(c)
-            )
-            number = int(re.match(r"\*\*(\d)\. ", task)[1])
-            found[number] = edition.solution_blocks(edition.source(cell))
-    return found
+    return edition.numbered_solutions(notebook())
 
 
 @pytest.fixture(scope="module")

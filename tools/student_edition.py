@@ -97,6 +97,22 @@ def exercises(notebook: dict) -> list[Exercise]:
     return found
 
 
+def numbered_solutions(notebook: dict) -> dict[int, list[str]]:
+    """Exercise number -> the code blocks of its ``solution`` cell, the number being the one
+    in bold at the start of the task (the Markdown cell before it: ``**3. ...``)."""
+    cells, found = notebook["cells"], {}
+    for i, cell in enumerate(cells):
+        if SOLUTION in tags(cell):
+            task = next(
+                source(c)
+                for c in reversed(cells[:i])
+                if c["cell_type"] == "markdown" and SOLUTION not in tags(c)
+            )
+            number = int(re.match(r"\*\*(\d)\. ", task)[1])
+            found[number] = solution_blocks(source(cell))
+    return found
+
+
 def run_code(code: str, namespace: dict) -> str:
     """Run a cell's code in ``namespace`` (in this process, no kernel) and return what it
     printed. IPython's ``%`` lines (``%matplotlib inline``) are left out."""
