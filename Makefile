@@ -32,11 +32,13 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" -o addopts="-p no:cacheprovider" tests
 
-## Re-execute every notebook in place, top to bottom in a fresh kernel (what gets committed).
+## Re-execute every notebook (cores and companions) in place, top to bottom, each in a fresh
+## kernel (what gets committed), then rewrite the student edition.
 execute: $(STAMP)
 	cd notebooks && ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-		--ExecutePreprocessor.timeout=1200 *.ipynb
-	$(BIN)/python tools/notebook_form.py notebooks/*.ipynb  # as JupyterLab saves them
+		--ExecutePreprocessor.timeout=1200 *.ipynb further/*.ipynb
+	$(BIN)/python tools/notebook_form.py notebooks/*.ipynb notebooks/further/*.ipynb
+	$(BIN)/python tools/student_edition.py  # the student edition follows the notebooks
 
 ## Write the student edition into student/notebooks/: the notebooks without their solutions.
 student: $(STAMP)
