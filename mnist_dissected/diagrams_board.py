@@ -38,8 +38,9 @@ Term = tuple[str, str, Any] | str
 
 
 class FigureWithAlt:
-    """A drawn figure as Jupyter shows it: a PNG in an ``<img>`` with its alt text (HTML), and
-    the alt text alone where only text is shown (a terminal, a text-only renderer)."""
+    """A drawn figure as Jupyter shows it: a PNG in an ``<img>`` with its alt text (HTML), the
+    PNG itself for renderers that take only images, and the alt text alone where only text is
+    shown (a terminal, a text-only renderer)."""
 
     def __init__(self, png: bytes, alt: str) -> None:
         self.png, self.alt = png, alt
@@ -47,6 +48,11 @@ class FigureWithAlt:
     def _repr_html_(self) -> str:
         data = base64.b64encode(self.png).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt)}">'
+
+    def _repr_png_(self) -> bytes:
+        """The image itself too: Jupyter shows the HTML (it ranks above PNG), while a reader
+        that takes only images (a static renderer, a figure counter) still finds a figure."""
+        return self.png
 
     def __repr__(self) -> str:
         return self.alt

@@ -6,6 +6,7 @@ bucket assignment), never with the drawing code's own numbers. Small tensors: a 
 
 from __future__ import annotations
 
+import base64
 import collections
 import html
 
@@ -463,6 +464,8 @@ def test_every_figure_has_alt_text_that_says_what_it_shows(what):
     page = shown._repr_html_()
     assert page.startswith('<img src="data:image/png;base64,')
     assert f'alt="{html.escape(alt_text(fig))}"' in page
+    # The PNG on its own as well, the same bytes the <img> holds (Jupyter ranks HTML first).
+    assert base64.b64encode(shown._repr_png_()).decode("ascii") in page
 
 
 def test_the_style_is_read_from_one_place(monkeypatch):
