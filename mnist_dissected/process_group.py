@@ -24,12 +24,12 @@ Without ``torchrun`` the same code forms a world of one process, so it also runs
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import socket
 import sys
-import threading
-import traceback
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,7 +226,6 @@ def init_distributed(
             f"(torchrun --nproc-per-node {world.world_size} does), make sure that port is "
             "reachable and not used by another run, or wait longer with a larger timeout_s."
         ) from e
-    error: BaseException | None = None
     try:
         yield world
         # Every rank done before the group goes: a rank that leaves while a peer's last
@@ -235,7 +234,6 @@ def init_distributed(
         with peers_watched(when="at the end of the run", outcome="all work had finished"):
             barrier()
     except MnistDissectedError as raised:
-        error = raised
         # An error every rank raised alike (a diverged loss): leave together too, or a rank
         # still destroying its group when rank 0, the rendezvous's host, has gone hangs
         # (torch 2.2's gloo). Not after a peer went away: there is nobody to wait for.
@@ -243,50 +241,41 @@ def init_distributed(
             with contextlib.suppress(RuntimeError):
                 barrier()
         raise
-    except BaseException as raised:
-        error = raised
-        raise
     finally:
         if dist.is_initialized():
-            close_group(world, error=error)
+            close_group(world)
 
 
-#: How long a rank of a world of several waits for its group to close once the run is over.
+#: How long the group's worker threads get to let go of their last collective before it closes.
+SETTLE_S = 0.2
+#: How long a rank of a world of several may take to close its group once the run is over.
 CLOSE_TIMEOUT_S = 30.0
 
 
-def close_group(world: World, *, error: BaseException | None = None) -> None:
-    """``destroy_process_group``, bounded. Why: with torch 2.2's gloo, a rank's destroy can
-    hang for good after its peers have closed theirs, even past a final barrier (seen now and
-    then on a busy 2-core machine). By then every rank has finished its work, so a rank of a
-    world of several (a process a launcher started) that cannot close its group within
-    :data:`CLOSE_TIMEOUT_S` says so on stderr and ends its process: status 0 after a run that
-    ended well, else the ``error`` it was raising, printed (one line for the package's own
-    errors, as the CLI prints them), and status 1. A world of one (a notebook) closes inline."""
-    if world.world_size == 1:
+def close_group(world: World) -> None:
+    """``destroy_process_group``, made safe, and bounded.
+
+    Why: gloo runs each collective on a worker thread of its own, which afterwards lets go of
+    the collective's tensors, and letting go of a tensor that Python has dropped needs the GIL.
+    Destroying the group joins those threads *while holding the GIL* (it happens as Python frees
+    the group object). A worker still waiting for the GIL then waits for ever, and so does the
+    destroy: a deadlock, seen now and then with torch 2.2 on a busy 2-core machine (py-spy:
+    ``~ProcessGroupGloo`` in ``std::thread::join``, the worker in ``gil_scoped_acquire`` under
+    ``~AsyncAllgatherWork``; once the last ``all_gather_object`` before the end). So the group
+    is destroyed after a short sleep, :data:`SETTLE_S`, which hands the GIL to those threads.
+    Should it hang all the same, in a world of several (a process a launcher started) a
+    watchdog that needs no GIL (``faulthandler``'s) ends the process after
+    :data:`CLOSE_TIMEOUT_S` with status 1 and the stacks of its threads on stderr, instead of a
+    hang."""
+    time.sleep(SETTLE_S)
+    if world.world_size == 1:  # a notebook's kernel: never killed by a timer
         dist.destroy_process_group()
         return
-    closed = threading.Event()
-
-    def close() -> None:
+    faulthandler.dump_traceback_later(CLOSE_TIMEOUT_S, exit=True)
+    try:
         dist.destroy_process_group()
-        closed.set()
-
-    threading.Thread(target=close, name="close-process-group", daemon=True).start()
-    if closed.wait(CLOSE_TIMEOUT_S):
-        return
-    print(
-        f"rank {world.rank}: the process group did not close within {CLOSE_TIMEOUT_S:g} s after "
-        "the run ended (a known hang of older PyTorch's gloo); ending this process",
-        file=sys.stderr,
-    )
-    if isinstance(error, MnistDissectedError):
-        print(f"error: {error}", file=sys.stderr)
-    elif error is not None:
-        traceback.print_exception(type(error), error, error.__traceback__)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0 if error is None else 1)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 #: How gloo and NCCL say that the other end is gone, or silent (their messages differ across

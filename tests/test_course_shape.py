@@ -1,13 +1,16 @@
 """A course a lecturer can assign (../shared/NOTEBOOKS.md): each part is a core of an hour or
-less, opening with objectives, prerequisites and its time, and a companion ("going further")
-that holds the deep dives, linked both ways, section by section.
+less, opening with objectives, prerequisites and its time, a companion ("going further") that
+holds the deep dives, linked both ways, section by section, and a solutions notebook that holds
+the worked solutions of the core's exercises, out of the learner's way.
 
-What is checked here without a kernel: the shape of both notebooks, the core's prose budget
-(``tools/course_report.py`` counts it), and that every link between a core and its companion
-names a section that exists. nbval runs both notebooks, strictly, like every other.
+What is checked here without a kernel: the shape of the three notebooks, the core's word budget
+(``tools/course_report.py`` counts it), that every link between a core and its companion
+names a section that exists, and that the solutions notebook repeats the core's tasks as they
+are. nbval runs the core and the companion, strictly, like every other notebook.
 """
 
 import json
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -17,13 +20,14 @@ from test_notebooks import KERNELSPEC, MACHINERY, PARTS, repo_url, setup_cell_so
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from course_report import CORE_WORDS, prose_words  # noqa: E402
+from course_report import CORE_WORDS, markdown_words, prose_words  # noqa: E402
 from notebook_form import lab_form  # noqa: E402
 
 sys.path.remove(str(ROOT / "tools"))
 
 CORES = sorted((ROOT / "notebooks").glob("[0-9]_*.ipynb"))
 COMPANIONS = sorted((ROOT / "notebooks" / "further").glob("[0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9]_*.ipynb"))
 
 
 def load(path: Path) -> dict:
@@ -97,13 +101,85 @@ def test_core_opens_with_objectives_prerequisites_and_its_time(core):
 
 
 def test_core_fits_an_hour(core):
-    """About 15 minutes of prose at most; the rest of the hour is running, looking, exercises."""
+    """About 15 minutes of reading at most; the rest of the hour is running, looking, exercises.
+    Counted both ways: every alphabetic word of every Markdown cell (code, HTML and link
+    targets too), and the prose alone split at spaces (numbers count there)."""
     path, nb = core
-    count = prose_words(nb)
+    count = max(markdown_words(nb), prose_words(nb))
     assert count <= CORE_WORDS, (
-        f"{path.name}: {count} words of prose, over {CORE_WORDS}: move a deep dive to "
+        f"{path.name}: {count} words of Markdown, over {CORE_WORDS}: move a deep dive to "
         f"further/{companion_of(path).name}"
     )
+
+
+def solutions_of(core: Path) -> Path:
+    return ROOT / "solutions" / f"{core.stem}_solutions.ipynb"
+
+
+def tasks(nb: dict) -> dict[int, str]:
+    """Task number -> the Markdown cell that states it (``**N. ...``)."""
+    return {
+        int(m[1]): source(c)
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown" and (m := re.match(r"\*\*(\d)\. ", source(c)))
+    }
+
+
+def seen_from_solutions(markdown: str, core_name: str) -> str:
+    """``markdown`` of ``notebooks/<core_name>`` as it reads from ``solutions/``: each relative
+    link leads to the same file, and a link within the core (``#...``) leads into it."""
+
+    def moved(link: re.Match) -> str:
+        target = link[1]
+        if re.match(r"[a-z]+:", target) or target.startswith("/"):
+            return link[0]
+        target = core_name + target if target.startswith("#") else target
+        return f"]({posixpath.relpath(posixpath.normpath('notebooks/' + target), 'solutions')})"
+
+    return re.sub(r"\]\(([^)\s]+)\)", moved, markdown)
+
+
+def test_every_part_has_its_solutions_apart():
+    assert [p.name for p in SOLUTIONS] == [solutions_of(p).name for p in CORES]
+
+
+@pytest.mark.parametrize("core_path", CORES, ids=lambda p: p.stem)
+def test_the_solutions_repeat_every_task_and_answer_each(core_path):
+    """The core states each task once and links to its solutions once (a cell tagged
+    ``solution``, which the student edition drops); the solutions notebook repeats each task
+    word for word (its links lead where the core's do) and answers it in a folded
+    ``<details>`` block. No solution is left in the core, so Run All never shows one."""
+    core_nb, path = load(core_path), solutions_of(core_path)
+    nb = load(path)
+    n, title = int(core_path.stem[0]), source(load(core_path)["cells"][0]).splitlines()[0]
+    first = source(nb["cells"][0])
+    assert first.startswith(f"{title}: solutions\n"), first.splitlines()[0]
+    assert f"](../notebooks/{core_path.name})" in first, "the title links back to the exercises"
+    assert all(c["cell_type"] == "markdown" for c in nb["cells"]), "read, not run"
+    assert nb["metadata"]["kernelspec"] == KERNELSPEC
+    text = path.read_text(encoding="utf-8")
+    assert lab_form(text) == text, f"run: python tools/notebook_form.py {path}"
+
+    asked = tasks(core_nb)
+    assert sorted(asked) == list(range(1, len(asked) + 1)) and len(asked) >= 5
+    repeated = tasks(nb)
+    assert repeated == {k: seen_from_solutions(v, core_path.name) for k, v in asked.items()}
+    cells = nb["cells"]
+    for i, cell in enumerate(cells[1:], 1):
+        task = re.match(r"\*\*(\d)\. ", source(cell))
+        if task:
+            answer = cells[i + 1] if i + 1 < len(cells) else {"source": "", "metadata": {}}
+            assert "solution" in answer["metadata"].get("tags", []), f"task {task[1]}: no answer"
+            assert source(answer).startswith("<details><summary>Solution</summary>")
+            assert "```python" in source(answer), f"task {task[1]}: its answer has no code"
+        else:
+            assert "solution" in cell["metadata"].get("tags", []), f"cell {i}: neither"
+
+    in_core = [c for c in core_nb["cells"] if "solution" in c["metadata"].get("tags", [])]
+    assert len(in_core) == 1, "the core links to its solutions in one cell"
+    assert f"](../solutions/{path.name})" in source(in_core[0])
+    assert "<details>" not in "".join(source(c) for c in core_nb["cells"]), "none left in the core"
+    assert n == int(path.stem[0])
 
 
 def test_companion_title_badge_and_way_back(companion):
@@ -188,7 +264,7 @@ def test_readme_lists_every_core_and_companion_with_its_time():
         assert re.search(r"\b\d+ min\b", row), "the core's time, in minutes"
 
 
-@pytest.mark.parametrize("path", CORES + COMPANIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CORES + COMPANIONS + SOLUTIONS, ids=lambda p: p.stem)
 def test_every_relative_link_leads_somewhere(path):
     """A link moved between a core and its companion changes folder: ``../`` must follow it."""
     for i, cell in enumerate(load(path)["cells"]):

@@ -2,8 +2,8 @@
 
 Why this file exists: a check that passes a wrong answer, or fails the right one, teaches the
 wrong thing. So each check must pass the notebook's own solution (read from its collapsed
-``<details>`` block, not copied here), report the notebook's stub as not solved, and fail typical
-wrong answers with the message a learner should read.
+``<details>`` block in ``solutions/``, not copied here), report the notebook's stub as
+not solved, and fail typical wrong answers with the message a learner should read.
 
 The notebooks no longer run their solutions on Run All (issue 20): what their "Appendix: the
 solutions, checked" ran moved here, each assert kept (:data:`AFTER`), and every solution block of
@@ -97,12 +97,18 @@ def with_companion(part: int) -> dict:
     return {**core, "cells": cells + code[2:]}
 
 
+def solutions_notebook(part: int) -> dict:
+    path = edition.solutions_path(ROOT / "notebooks" / f"{NOTEBOOKS[part]}.ipynb")
+    return json.loads(path.read_text())
+
+
 def the_exercise(part: int, name: str) -> edition.Exercise:
-    return next(e for e in edition.exercises(notebook(part)) if e.name == name)
+    found = edition.exercises(notebook(part), solutions_notebook(part))
+    return next(e for e in found if e.name == name)
 
 
 def solutions(part: int) -> dict[int, list[str]]:
-    return edition.numbered_solutions(notebook(part))
+    return edition.numbered_solutions(solutions_notebook(part))
 
 
 # --------------------------------------------------------------------------- the library

@@ -2,11 +2,10 @@
 
 Why this file exists: a check that passes a wrong answer, or fails the right one, teaches the
 wrong thing. So each check must pass the notebook's own solution (read from its collapsed
-``<details>`` block, not copied here), report the notebook's stub as not solved, and fail typical
-wrong answers with the message a learner should read. The notebook no longer runs its solutions
-on Run All (its old "Appendix: the solutions, checked" is gone): every solution block, the four
-questions' included, runs here with the asserts it carries.
-"""
+``<details>`` block in ``solutions/``, not copied here), report the notebook's stub as
+not solved, and fail typical wrong answers with the message a learner should read. The notebook
+no longer runs its solutions on Run All (its old "Appendix: the solutions, checked" is gone):
+every solution block, the four questions' included, runs here with the asserts it carries."""
 
 from __future__ import annotations
 
@@ -45,12 +44,17 @@ def notebook() -> dict:
     return json.loads(NOTEBOOK.read_text(encoding="utf-8"))
 
 
+def solutions_notebook() -> dict:
+    return json.loads(edition.solutions_path(NOTEBOOK).read_text(encoding="utf-8"))
+
+
 def the_exercise(name: str) -> edition.Exercise:
-    return next(e for e in edition.exercises(notebook()) if e.name == name)
+    found = edition.exercises(notebook(), solutions_notebook())
+    return next(e for e in found if e.name == name)
 
 
 def solutions() -> dict[int, list[str]]:
-    return edition.numbered_solutions(notebook())
+    return edition.numbered_solutions(solutions_notebook())
 
 
 @pytest.fixture(scope="module")

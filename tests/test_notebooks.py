@@ -120,24 +120,17 @@ def solution_blocks(markdown: str) -> list[str]:
 
 
 def test_every_solution_is_checked_and_none_shows_on_run_all(notebook):
-    """Each exercise has a worked solution. In a part whose exercises are graded (cells tagged
-    ``exercise``), no solution runs on Run All: each sits collapsed in a markdown cell tagged
-    ``solution`` (the student edition removes those) and the tests run it
-    (``tests/test_exercises.py``). A part not yet converted still executes each solution in a
-    code cell, so that it cannot rot."""
+    """Each exercise has a worked solution, and none runs or shows on Run All: they live in
+    the part's solutions notebook (``solutions/``), each collapsed in a Markdown cell
+    tagged ``solution``, and the tests run them (``tests/test_exercises*.py``)."""
     path, nb = notebook
     cells = nb["cells"]
-    markdown = "\n".join(source(c) for c in cells if c["cell_type"] == "markdown")
+    solutions_nb = load(ROOT / "solutions" / f"{path.stem}_solutions.ipynb")
+    markdown = "\n".join(source(c) for c in solutions_nb["cells"] if "solution" in tags(c))
     code = "\n".join(source(c) for c in cells if c["cell_type"] == "code")
     solutions = solution_blocks(markdown)
-    assert len(solutions) >= 3, "3-5 exercises, each with a worked solution"
-    if not any("exercise" in tags(c) for c in cells):
-        for block in solutions:
-            assert block.strip() in code, f"solution not executed in any code cell:\n{block}"
-        return
-    for cell in cells:
-        if cell["cell_type"] == "markdown" and "<details>" in source(cell):
-            assert "solution" in tags(cell), f"{path.name}: a solution not tagged 'solution'"
+    assert len(solutions) >= 5, "5-8 exercises, each with a worked solution"
+    assert not any("<details>" in source(c) for c in cells), f"{path.name}: a solution in sight"
     for block in solutions:
         assert block.strip() not in code, f"{path.name}: a solution runs on Run All:\n{block}"
     exercises = [c for c in cells if "exercise" in tags(c)]

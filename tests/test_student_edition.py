@@ -43,6 +43,10 @@ def series(stem: str) -> dict:
     return json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())
 
 
+def solutions(stem: str) -> dict:
+    return json.loads(edition.solutions_path(ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("student") / "notebooks"
@@ -78,14 +82,18 @@ def test_no_solution_is_left(stem, built):
     assert not any(edition.SOLUTION in edition.tags(cell) for cell in notebook["cells"])
     assert "<details>" not in text and "Solution</summary>" not in text
     cells = series(stem)["cells"]
-    answers = [c for c in cells if edition.SOLUTION in edition.tags(c)]
-    lesson = "\n".join(edition.source(c) for c in cells if c not in answers)
+    links = [c for c in cells if edition.SOLUTION in edition.tags(c)]
+    assert len(links) == 1 and "solutions/" in edition.source(links[0])
+    assert "solutions/" not in text, "nothing leads to the solutions"
+    lesson = json.dumps([c for c in cells if c not in links])  # outputs included
+    answers = [c for c in solutions(stem)["cells"] if edition.SOLUTION in edition.tags(c)]
     assert len(answers) >= 5
     for cell in answers:  # each line only a solution has (not a stub's, nor the lesson's)
         for block in edition.solution_blocks(edition.source(cell)):
             for line in map(str.strip, block.splitlines()):
-                if line and line not in lesson:
-                    assert json.dumps(line)[1:-1] not in text, f"{stem}: {line!r} is left"
+                escaped = json.dumps(line)[1:-1]
+                if line and escaped not in lesson:
+                    assert escaped not in text, f"{stem}: {line!r} is left"
 
 
 @pytest.mark.parametrize("stem", [path.stem for path in SERIES])
@@ -112,6 +120,10 @@ def exercise_cases() -> list[tuple[str, str]]:
     return [(stem, e.name) for stem in CONVERTED for e in edition.exercises(series(stem))]
 
 
+def with_solutions(stem: str) -> list[edition.Exercise]:
+    return edition.exercises(series(stem), solutions(stem))
+
+
 def test_each_converted_part_has_at_least_three_exercises():
     for stem in CONVERTED:
         assert len(edition.exercises(series(stem))) >= 3, stem
@@ -123,7 +135,7 @@ def test_each_check_fails_as_shipped_and_passes_with_the_solution(stem, name, bu
     solution in the stub's place, and the same check: ✓."""
     notebook = read(built[stem])
     shipped = next(e for e in edition.exercises(notebook) if e.name == name)
-    solution = next(e for e in edition.exercises(series(stem)) if e.name == name).solution
+    solution = next(e for e in with_solutions(stem) if e.name == name).solution
     assert shipped.solution is None and solution is not None
     assert re.search(rf"^(def|class) {name}\b", solution, re.M), "it replaces the stub"
 

@@ -1,12 +1,16 @@
 """Write the student edition: the series' notebooks without their solutions (`make student`).
 
 Why this file exists: the series' notebooks are what a learner runs, and Run All never shows a
-solution (each sits collapsed in a Markdown cell). A teacher handing out the notebooks wants
-them gone altogether; this script writes that edition from the same notebooks, so the two
-cannot drift. nbconvert's ``TagRemovePreprocessor`` does the work, by cell tags:
+solution: the worked solutions live in a notebook of their own per part,
+``solutions/<part>_solutions.ipynb`` at the repository's top (each task repeated, then its
+solution folded in a ``<details>`` block), which the core links to once. A teacher handing
+out the notebooks wants that link gone too; this script writes that edition from the same
+notebooks, so the two cannot drift. nbconvert's ``TagRemovePreprocessor`` does the work, by
+cell tags:
 
-- ``solution`` (a Markdown cell: ``<details><summary>Solution</summary>`` around a ```` ```python
-  ```` block, the code that replaces the stub, then the explanation): removed.
+- ``solution``: in a core, the one Markdown cell that links to the part's solutions: removed.
+  (In a solutions notebook, each cell with a ``<details><summary>Solution</summary>`` around a
+  ```` ```python ```` block, the code that replaces the stub, then the explanation.)
 - ``exercise`` (the code cell with the stub, a bare ``raise NotImplementedError``) and
   ``check`` (the one call that checks it, ``check_<name>(<name>)``, imported from
   ``mnist_dissected.exercises_part<N>``): kept, their outputs cleared.
@@ -43,19 +47,23 @@ ROOT = Path(__file__).resolve().parent.parent
 EXERCISE, CHECK, SOLUTION = "exercise", "check", "solution"
 #: Where the edition lives in the repository, and so where its Colab badges point.
 EDITION = "student/notebooks"
+#: Where each part's worked solutions live (``<part>_solutions.ipynb``).
+SOLUTIONS = ROOT / "solutions"
 #: The line under each notebook's title that says what this edition is.
 NOTE = (
-    "*Student edition: the solutions are left out (the series' own notebook, "
-    "[`notebooks/{name}`](../../notebooks/{name}), has each folded under its exercise). Each "
-    "exercise has a cell for your code and a cell that checks it.*"
+    "*Student edition: the same notebook as the series' "
+    "[`notebooks/{name}`](../../notebooks/{name}), without the link to its worked solutions. "
+    "Each exercise has a cell for your code and a cell that checks it.*"
 )
 
 
 @dataclass(frozen=True)
 class Exercise:
-    """One exercise of a notebook: the stub you fill in, its check, and (in the series) its
-    solution, the first Python block of the ``solution`` cell that follows."""
+    """One exercise of a notebook: its number (the bold ``**N.`` of its task), the stub you
+    fill in, its check, and its solution (the first Python block of the task's ``solution``
+    cell in the part's solutions notebook), if that notebook was given."""
 
+    number: int
     name: str
     stub: str
     check: str
@@ -80,10 +88,30 @@ def solution_blocks(markdown: str) -> list[str]:
     ]
 
 
-def exercises(notebook: dict) -> list[Exercise]:
+def solutions_path(core: Path) -> Path:
+    """Where the worked solutions of the core notebook ``core`` live."""
+    return SOLUTIONS / f"{core.stem}_solutions.ipynb"
+
+
+def task_number(cells: list[dict], index: int) -> int:
+    """The number of the task whose cells include ``cells[index]``: the bold ``**N. `` at the
+    start of the nearest Markdown cell before it that is no solution."""
+    task = next(
+        source(c)
+        for c in reversed(cells[:index])
+        if c["cell_type"] == "markdown" and SOLUTION not in tags(c)
+    )
+    found = re.match(r"\*\*(\d)\. ", task)
+    if found is None:
+        raise ValueError(f"cell {index}: no task (**N. ...) before it: {task[:60]!r}")
+    return int(found[1])
+
+
+def exercises(notebook: dict, solutions: dict | None = None) -> list[Exercise]:
     """The exercises of a notebook, in order: each ``exercise`` cell, the ``check`` cell after
-    it, and the first solution block of the ``solution`` cell after that (if any)."""
+    it, and (given the part's ``solutions`` notebook) the first solution block of its task."""
     cells, found = notebook["cells"], []
+    answers = numbered_solutions(solutions) if solutions is not None else {}
     for i, cell in enumerate(cells):
         if EXERCISE not in tags(cell):
             continue
@@ -91,26 +119,21 @@ def exercises(notebook: dict) -> list[Exercise]:
         check = next((c for c in cells[i + 1 :] if CHECK in tags(c)), None)
         if name is None or check is None:
             raise ValueError(f"exercise cell {i}: no def/class, or no check cell after it")
-        answer = next((c for c in cells[i + 1 :] if SOLUTION in tags(c)), None)
-        blocks = solution_blocks(source(answer)) if answer else []
-        found.append(Exercise(name[1], source(cell), source(check), (blocks or [None])[0]))
+        number = task_number(cells, i)
+        blocks = answers.get(number) or [None]
+        found.append(Exercise(number, name[1], source(cell), source(check), blocks[0]))
     return found
 
 
-def numbered_solutions(notebook: dict) -> dict[int, list[str]]:
-    """Exercise number -> the code blocks of its ``solution`` cell, the number being the one
-    in bold at the start of the task (the Markdown cell before it: ``**3. ...``)."""
-    cells, found = notebook["cells"], {}
-    for i, cell in enumerate(cells):
-        if SOLUTION in tags(cell):
-            task = next(
-                source(c)
-                for c in reversed(cells[:i])
-                if c["cell_type"] == "markdown" and SOLUTION not in tags(c)
-            )
-            number = int(re.match(r"\*\*(\d)\. ", task)[1])
-            found[number] = solution_blocks(source(cell))
-    return found
+def numbered_solutions(solutions: dict) -> dict[int, list[str]]:
+    """Task number -> the code blocks of its ``solution`` cell, in a solutions notebook (the
+    number is the one in bold at the start of the task repeated just before it)."""
+    cells = solutions["cells"]
+    return {
+        task_number(cells, i): solution_blocks(source(cell))
+        for i, cell in enumerate(cells)
+        if SOLUTION in tags(cell)
+    }
 
 
 def run_code(code: str, namespace: dict) -> str:
