@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) notebooks/
 
-## Lint, unit tests and strict nbval of every notebook.
+## Lint, unit tests and strict nbval of every notebook (and the 20 slowest items, to profile).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 ## Lint and the unit tests, no notebooks: the fast lane (under a minute).
 test-fast: lint
