@@ -157,6 +157,7 @@ def test_the_solutions_repeat_every_task_and_answer_each(core_path):
     assert f"](../notebooks/{core_path.name})" in first, "the title links back to the exercises"
     assert all(c["cell_type"] == "markdown" for c in nb["cells"]), "read, not run"
     assert nb["metadata"]["kernelspec"] == KERNELSPEC
+    assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, "no widget state to carry"
     text = path.read_text(encoding="utf-8")
     assert lab_form(text) == text, f"run: python tools/notebook_form.py {path}"
 
@@ -165,7 +166,10 @@ def test_the_solutions_repeat_every_task_and_answer_each(core_path):
     repeated = tasks(nb)
     assert repeated == {k: seen_from_solutions(v, core_path.name) for k, v in asked.items()}
     cells = nb["cells"]
-    for i, cell in enumerate(cells[1:], 1):
+    assert source(cells[-1]) == f"Back to [Part {n}'s exercises](../notebooks/{core_path.name}).", (
+        "it ends with the way back"
+    )
+    for i, cell in enumerate(cells[1:-1], 1):
         task = re.match(r"\*\*(\d)\. ", source(cell))
         if task:
             answer = cells[i + 1] if i + 1 < len(cells) else {"source": "", "metadata": {}}
