@@ -59,11 +59,10 @@ NOTE = (
 
 @dataclass(frozen=True)
 class Exercise:
-    """One exercise of a notebook: its number (the bold ``**N.`` of its task), the stub you
-    fill in, its check, and its solution (the first Python block of the task's ``solution``
-    cell in the part's solutions notebook), if that notebook was given."""
+    """One exercise of a notebook: the stub you fill in, its check, and its solution (the first
+    Python block of its task's ``solution`` cell in the part's solutions notebook), if that
+    notebook was given."""
 
-    number: int
     name: str
     stub: str
     check: str
@@ -119,9 +118,8 @@ def exercises(notebook: dict, solutions: dict | None = None) -> list[Exercise]:
         check = next((c for c in cells[i + 1 :] if CHECK in tags(c)), None)
         if name is None or check is None:
             raise ValueError(f"exercise cell {i}: no def/class, or no check cell after it")
-        number = task_number(cells, i)
-        blocks = answers.get(number) or [None]
-        found.append(Exercise(number, name[1], source(cell), source(check), blocks[0]))
+        blocks = answers.get(task_number(cells, i)) or [None]
+        found.append(Exercise(name[1], source(cell), source(check), blocks[0]))
     return found
 
 
