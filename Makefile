@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Extra arguments for `jupyter lab`, e.g. make lab LAB_ARGS="--port 8899 --no-browser"
 LAB_ARGS ?=
+# Extra arguments for `make test-shuffled`, e.g. --random-order-seed=N to repeat a run
+SHUFFLE_ARGS ?=
 # Jupyter refuses to run as root unless told: containers and cloud machines often are root.
 ifeq ($(shell id -u 2>/dev/null),0)
 ROOT_ARGS := --allow-root
 endif
 
-.PHONY: lab test test-fast execute student lint format bench clean
+.PHONY: lab test test-shuffled test-fast execute student lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mnist-dissected needs Python >= 3.10; run: make PYTHON=python3.12 ...")'
@@ -27,6 +29,12 @@ lab: $(STAMP)
 ## Lint, unit tests and strict nbval of every notebook (and the 20 slowest items, to profile).
 test: lint
 	$(BIN)/python -m pytest --durations=20
+
+## The same suite shuffled (modules, and tests within each; a notebook's cells keep their order)
+## on two pytest-xdist workers: a verdict must not depend on order or load. Add the seed a run
+## printed to repeat it: make test-shuffled SHUFFLE_ARGS="--random-order-seed=N"
+test-shuffled: lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile --random-order $(SHUFFLE_ARGS)
 
 ## Lint and the unit tests, no notebooks: the fast lane (under a minute).
 test-fast: lint
