@@ -4,6 +4,7 @@ today's, 77f55b9), against the package."""
 
 import functools
 import hashlib
+import json
 import os
 import runpy
 import shlex
@@ -21,6 +22,7 @@ from mnist_dissected.checkpoint import load_checkpoint, save_checkpoint
 from mnist_dissected.data import load_mnist, make_loader, mnist_transform
 from mnist_dissected.errors import UsageError
 from mnist_dissected.recipes import RECIPES, get_recipe, make_optimizer
+from mnist_dissected.results_cache import CACHE_FORMAT, experiment_key, experiment_path
 from mnist_dissected.train import Trained, evaluate, train_model
 from tests.test_models import NET_PARAMETERS
 
@@ -415,7 +417,9 @@ def test_the_example_recipe_prints_the_examples_lines_over_epochs(monkeypatch, c
 @pytest.mark.newest_only  # two epochs of training; the 3-epoch test above runs at the floors
 def test_the_example_recipe_reproduces_the_examples_own_run(capsys):
     """The example's script itself, untouched, as a reader runs it (``--epochs 1 --no-cuda``,
-    all of MNIST), against ``train --recipe example``: the same 95 lines."""
+    all of MNIST), against ``train --recipe example``, trained here and now: the same 95 lines.
+    The script's transcript is cached (as in Part 4's companion): on a fresh machine this call
+    runs it; after, it reads what the script printed on this machine, with this very key."""
     theirs = example_compat.run_example("--epochs", "1", "--no-cuda")
     assert cli.main(["train", "--recipe", "example", "--epochs", "1", "--device", "cpu"]) == 0
     ours = capsys.readouterr().out
@@ -433,6 +437,146 @@ def test_run_example_refuses_an_unknown_version_and_leaves_nothing(tmp_path, mon
         example_compat.run_example("--no-such-flag")
     assert "unrecognized arguments: --no-such-flag" in str(err.value)
     assert list(tmp_path.iterdir()) == [], "its temporary folder is gone"
+
+
+# --------------------------------------------------------------------------- its cached runs
+
+#: The command line Part 4's companion and the test above run.
+ARGS = ("--epochs", "1", "--no-cuda")
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """``run_example``'s runner replaced by a record of its calls, so that no test below runs
+    the script: each "run" prints its number, script and arguments, so that a transcript read
+    back says which run printed it."""
+    calls = []
+
+    def run_script(script, args, *, root, timeout):
+        calls.append(tuple(args))
+        return f"run {len(calls)}: {script.name} {' '.join(args)}\n"
+
+    monkeypatch.setattr(example_compat, "_run_script", run_script)
+    return calls
+
+
+def cache_files(root: Path) -> list[str]:
+    """Everything in ``root``'s cache folder: the transcripts, and any temporary file or lock
+    left behind."""
+    folder = root / "checkpoints"
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+def transcript_path(root: Path, args=ARGS) -> Path:
+    params = example_compat.example_run_key(args)
+    return experiment_path(example_compat.EXAMPLE_RUN, params, root=root)
+
+
+def test_run_example_runs_once_per_key_then_reads_its_transcript(runs, tmp_path):
+    first = example_compat.run_example(*ARGS, root=tmp_path)
+    assert first == "run 1: main_d8dd8ca_parent.py --epochs 1 --no-cuda\n"
+    assert example_compat.run_example(*ARGS, root=tmp_path) == first
+    assert runs == [ARGS], "the second call read the transcript"
+    assert cache_files(tmp_path) == [transcript_path(tmp_path).name], "no temporaries, no lock"
+    assert example_compat.run_example(*ARGS, root=tmp_path, cache=False).startswith("run 2:")
+    assert example_compat.run_example(*ARGS, root=tmp_path) == first, "cache=False kept nothing"
+
+
+def edited_script(monkeypatch, tmp_path) -> None:
+    """The script replaced by a copy with one byte more, under its own name."""
+    script = example_compat.EXAMPLE_SCRIPTS["d8dd8ca^"]
+    copy = tmp_path / "edited" / script.name
+    copy.parent.mkdir()
+    copy.write_bytes(script.read_bytes() + b"\n")
+    monkeypatch.setitem(example_compat.EXAMPLE_SCRIPTS, "d8dd8ca^", copy)
+
+
+#: What the printed numbers depend on, each changed on its own: (what, how to change it).
+CHANGES = {
+    "the arguments": lambda mp, tmp: None,  # the test passes --epochs 2
+    "the script's bytes": edited_script,
+    "the torch version": lambda mp, tmp: mp.setattr(torch, "__version__", "2.2.2"),
+    "the torchvision version": lambda mp, tmp: mp.setattr("torchvision.__version__", "0.17.2"),
+    "the Python version": lambda mp, tmp: mp.setattr("platform.python_version", lambda: "3.10"),
+    "the CPU's instruction set": lambda mp, tmp: mp.setattr(
+        torch.backends.cpu, "get_cpu_capability", lambda: "AVX2"
+    ),
+    "the threads": lambda mp, tmp: mp.setenv("OMP_NUM_THREADS", "1"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_run_example_runs_again_where_anything_its_numbers_depend_on_changed(
+    change, runs, tmp_path, monkeypatch
+):
+    example_compat.run_example(*ARGS, root=tmp_path)
+    CHANGES[change](monkeypatch, tmp_path)
+    args = ("--epochs", "2", "--no-cuda") if change == "the arguments" else ARGS
+    assert example_compat.run_example(*args, root=tmp_path).startswith("run 2:")
+    assert example_compat.run_example(*args, root=tmp_path).startswith("run 2:"), "cached too"
+    assert len(cache_files(tmp_path)) == 2, "a file for each key; neither replaced the other"
+
+
+def test_the_key_holds_the_device_the_script_takes(runs, tmp_path, monkeypatch):
+    """``--no-cuda`` (or argparse's shortening of it) runs on the CPU on any machine, so it
+    shares the CPU's transcript; without it, a machine with CUDA runs on its GPU, whose name is
+    in the key."""
+    example_compat.run_example(*ARGS, root=tmp_path)
+    example_compat.run_example("--epochs", "1", root=tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100")
+    assert example_compat.run_example(*ARGS, root=tmp_path).startswith("run 1:")
+    assert example_compat.run_example("--epochs", "1", root=tmp_path).startswith("run 3:")
+    device = example_compat.example_device
+    assert device("d8dd8ca^", ["--epochs", "1"]).startswith("cuda: NVIDIA H100 (CUDA ")
+    assert device("d8dd8ca^", ["--no-c"]) == device("77f55b9", ["--no-accel"]) == "cpu"
+    assert device("d8dd8ca^", ["--", "--no-cuda"]) != "cpu", "after --, not a flag"
+
+
+def test_the_two_versions_never_read_each_others_transcript(runs, tmp_path):
+    example_compat.run_example("--epochs", "1", root=tmp_path)
+    today = example_compat.run_example("--epochs", "1", version="77f55b9", root=tmp_path)
+    assert today == "run 2: main_77f55b9.py --epochs 1\n"
+
+
+def stored(key: dict, result: dict) -> str:
+    return json.dumps({"format": CACHE_FORMAT, "key": key, "result": result})
+
+
+def our_key() -> dict:
+    return experiment_key(example_compat.EXAMPLE_RUN, example_compat.example_run_key(ARGS))
+
+
+#: Files at the transcript's path that are not a transcript of this key.
+NOT_A_TRANSCRIPT = {
+    "half a file": lambda: stored(our_key(), {"stdout": "run 0"})[:40],
+    "an empty file": lambda: "",
+    "another key's": lambda: stored({**our_key(), "torch": "2.2.2"}, {"stdout": "run 0"}),
+    "this key, no transcript": lambda: stored(our_key(), {"stdout": 0}),
+    "not ours": lambda: stored(our_key(), {"stdout": "run 0"}).replace("experiment/1", "x/1"),
+}
+
+
+@pytest.mark.parametrize("content", list(NOT_A_TRANSCRIPT))
+def test_a_corrupt_or_foreign_transcript_is_run_again_and_replaced(content, runs, tmp_path):
+    path = transcript_path(tmp_path)
+    path.parent.mkdir()
+    path.write_text(NOT_A_TRANSCRIPT[content]())
+    assert example_compat.run_example(*ARGS, root=tmp_path).startswith("run 1:")
+    assert json.loads(path.read_text())["result"]["stdout"].startswith("run 1:"), "replaced"
+    assert example_compat.run_example(*ARGS, root=tmp_path).startswith("run 1:")
+    assert cache_files(tmp_path) == [path.name]
+
+
+def test_a_failed_run_is_never_cached(tmp_path, monkeypatch):
+    def fails(script, args, *, root, timeout):
+        raise example_compat.ExampleRunError("the example's main.py exited with 1")
+
+    monkeypatch.setattr(example_compat, "_run_script", fails)
+    for _ in range(2):  # the second call runs it again: nothing was kept
+        with pytest.raises(example_compat.ExampleRunError, match="exited with 1"):
+            example_compat.run_example(*ARGS, root=tmp_path)
+    assert cache_files(tmp_path) == [], "no transcript, no temporary file, no lock"
 
 
 def test_the_upstream_scripts_are_upstreams_byte_for_byte():
