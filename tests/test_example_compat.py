@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from mnist_dissected import cli, example_compat, models
+from mnist_dissected import cli, example_compat, example_run, models
 from mnist_dissected.checkpoint import load_checkpoint, save_checkpoint
 from mnist_dissected.data import load_mnist, make_loader, mnist_transform
 from mnist_dissected.errors import UsageError
@@ -34,7 +34,7 @@ def upstream(version: str) -> dict:
     """The example's ``main.py`` of ``version`` (shipped verbatim in ``mnist_dissected/upstream``),
     run as a module, not as ``__main__``: its ``Net``, ``train``, ``test`` and ``main``,
     untouched."""
-    return runpy.run_path(str(example_compat.EXAMPLE_SCRIPTS[version]), run_name="upstream")
+    return runpy.run_path(str(example_run.EXAMPLE_SCRIPTS[version]), run_name="upstream")
 
 
 def ExampleNet() -> nn.Module:
@@ -420,7 +420,7 @@ def test_the_example_recipe_reproduces_the_examples_own_run(capsys):
     all of MNIST), against ``train --recipe example``, trained here and now: the same 95 lines.
     The script's transcript is cached (as in Part 4's companion): on a fresh machine this call
     runs it; after, it reads what the script printed on this machine, with this very key."""
-    theirs = example_compat.run_example("--epochs", "1", "--no-cuda")
+    theirs = example_run.run_example("--epochs", "1", "--no-cuda")
     assert cli.main(["train", "--recipe", "example", "--epochs", "1", "--device", "cpu"]) == 0
     ours = capsys.readouterr().out
     assert ours.splitlines()[0] == "Training net with the example recipe on cpu"
@@ -431,10 +431,10 @@ def test_the_example_recipe_reproduces_the_examples_own_run(capsys):
 
 def test_run_example_refuses_an_unknown_version_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="unknown version 'main'"):
-        example_compat.run_example(version="main")
+        example_run.run_example(version="main")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(example_compat.ExampleRunError, match="exited with 2") as err:
-        example_compat.run_example("--no-such-flag")
+    with pytest.raises(example_run.ExampleRunError, match="exited with 2") as err:
+        example_run.run_example("--no-such-flag")
     assert "unrecognized arguments: --no-such-flag" in str(err.value)
     assert list(tmp_path.iterdir()) == [], "its temporary folder is gone"
 
@@ -456,7 +456,7 @@ def runs(monkeypatch):
         calls.append(tuple(args))
         return f"run {len(calls)}: {script.name} {' '.join(args)}\n"
 
-    monkeypatch.setattr(example_compat, "_run_script", run_script)
+    monkeypatch.setattr(example_run, "_run_script", run_script)
     return calls
 
 
@@ -468,40 +468,42 @@ def cache_files(root: Path) -> list[str]:
 
 
 def transcript_path(root: Path, args=ARGS) -> Path:
-    params = example_compat.example_run_key(args)
-    return experiment_path(example_compat.EXAMPLE_RUN, params, root=root)
+    params = example_run.example_run_key(args)
+    return experiment_path(example_run.EXAMPLE_RUN, params, root=root)
 
 
 def test_run_example_runs_once_per_key_then_reads_its_transcript(runs, tmp_path):
-    first = example_compat.run_example(*ARGS, root=tmp_path)
+    first = example_run.run_example(*ARGS, root=tmp_path)
     assert first == "run 1: main_d8dd8ca_parent.py --epochs 1 --no-cuda\n"
-    assert example_compat.run_example(*ARGS, root=tmp_path) == first
+    assert example_run.run_example(*ARGS, root=tmp_path) == first
     assert runs == [ARGS], "the second call read the transcript"
     assert cache_files(tmp_path) == [transcript_path(tmp_path).name], "no temporaries, no lock"
-    assert example_compat.run_example(*ARGS, root=tmp_path, cache=False).startswith("run 2:")
-    assert example_compat.run_example(*ARGS, root=tmp_path) == first, "cache=False kept nothing"
+    assert example_run.run_example(*ARGS, root=tmp_path, cache=False).startswith("run 2:")
+    assert example_run.run_example(*ARGS, root=tmp_path) == first, "cache=False kept nothing"
 
 
 def edited_script(monkeypatch, tmp_path) -> None:
     """The script replaced by a copy with one byte more, under its own name."""
-    script = example_compat.EXAMPLE_SCRIPTS["d8dd8ca^"]
+    script = example_run.EXAMPLE_SCRIPTS["d8dd8ca^"]
     copy = tmp_path / "edited" / script.name
     copy.parent.mkdir()
     copy.write_bytes(script.read_bytes() + b"\n")
-    monkeypatch.setitem(example_compat.EXAMPLE_SCRIPTS, "d8dd8ca^", copy)
+    monkeypatch.setitem(example_run.EXAMPLE_SCRIPTS, "d8dd8ca^", copy)
 
 
 #: What the printed numbers depend on, each changed on its own: (what, how to change it).
+# Each change is to a value no machine running this has (a real one, say torch 2.2.2 at the
+# floors or an AVX2 CPU, could be this machine's own, and then nothing would have changed).
 CHANGES = {
     "the arguments": lambda mp, tmp: None,  # the test passes --epochs 2
     "the script's bytes": edited_script,
-    "the torch version": lambda mp, tmp: mp.setattr(torch, "__version__", "2.2.2"),
-    "the torchvision version": lambda mp, tmp: mp.setattr("torchvision.__version__", "0.17.2"),
-    "the Python version": lambda mp, tmp: mp.setattr("platform.python_version", lambda: "3.10"),
+    "the torch version": lambda mp, tmp: mp.setattr(torch, "__version__", "0.0.1"),
+    "the torchvision version": lambda mp, tmp: mp.setattr("torchvision.__version__", "0.0.1"),
+    "the Python version": lambda mp, tmp: mp.setattr("platform.python_version", lambda: "2.7.0"),
     "the CPU's instruction set": lambda mp, tmp: mp.setattr(
-        torch.backends.cpu, "get_cpu_capability", lambda: "AVX2"
+        torch.backends.cpu, "get_cpu_capability", lambda: "NO SIMD"
     ),
-    "the threads": lambda mp, tmp: mp.setenv("OMP_NUM_THREADS", "1"),
+    "the threads": lambda mp, tmp: mp.setenv("OMP_NUM_THREADS", "97"),
 }
 
 
@@ -509,11 +511,11 @@ CHANGES = {
 def test_run_example_runs_again_where_anything_its_numbers_depend_on_changed(
     change, runs, tmp_path, monkeypatch
 ):
-    example_compat.run_example(*ARGS, root=tmp_path)
+    example_run.run_example(*ARGS, root=tmp_path)
     CHANGES[change](monkeypatch, tmp_path)
     args = ("--epochs", "2", "--no-cuda") if change == "the arguments" else ARGS
-    assert example_compat.run_example(*args, root=tmp_path).startswith("run 2:")
-    assert example_compat.run_example(*args, root=tmp_path).startswith("run 2:"), "cached too"
+    assert example_run.run_example(*args, root=tmp_path).startswith("run 2:")
+    assert example_run.run_example(*args, root=tmp_path).startswith("run 2:"), "cached too"
     assert len(cache_files(tmp_path)) == 2, "a file for each key; neither replaced the other"
 
 
@@ -521,21 +523,21 @@ def test_the_key_holds_the_device_the_script_takes(runs, tmp_path, monkeypatch):
     """``--no-cuda`` (or argparse's shortening of it) runs on the CPU on any machine, so it
     shares the CPU's transcript; without it, a machine with CUDA runs on its GPU, whose name is
     in the key."""
-    example_compat.run_example(*ARGS, root=tmp_path)
-    example_compat.run_example("--epochs", "1", root=tmp_path)
+    example_run.run_example(*ARGS, root=tmp_path)
+    example_run.run_example("--epochs", "1", root=tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100")
-    assert example_compat.run_example(*ARGS, root=tmp_path).startswith("run 1:")
-    assert example_compat.run_example("--epochs", "1", root=tmp_path).startswith("run 3:")
-    device = example_compat.example_device
+    assert example_run.run_example(*ARGS, root=tmp_path).startswith("run 1:")
+    assert example_run.run_example("--epochs", "1", root=tmp_path).startswith("run 3:")
+    device = example_run.example_device
     assert device("d8dd8ca^", ["--epochs", "1"]).startswith("cuda: NVIDIA H100 (CUDA ")
     assert device("d8dd8ca^", ["--no-c"]) == device("77f55b9", ["--no-accel"]) == "cpu"
     assert device("d8dd8ca^", ["--", "--no-cuda"]) != "cpu", "after --, not a flag"
 
 
 def test_the_two_versions_never_read_each_others_transcript(runs, tmp_path):
-    example_compat.run_example("--epochs", "1", root=tmp_path)
-    today = example_compat.run_example("--epochs", "1", version="77f55b9", root=tmp_path)
+    example_run.run_example("--epochs", "1", root=tmp_path)
+    today = example_run.run_example("--epochs", "1", version="77f55b9", root=tmp_path)
     assert today == "run 2: main_77f55b9.py --epochs 1\n"
 
 
@@ -544,7 +546,7 @@ def stored(key: dict, result: dict) -> str:
 
 
 def our_key() -> dict:
-    return experiment_key(example_compat.EXAMPLE_RUN, example_compat.example_run_key(ARGS))
+    return experiment_key(example_run.EXAMPLE_RUN, example_run.example_run_key(ARGS))
 
 
 #: Files at the transcript's path that are not a transcript of this key.
@@ -562,20 +564,20 @@ def test_a_corrupt_or_foreign_transcript_is_run_again_and_replaced(content, runs
     path = transcript_path(tmp_path)
     path.parent.mkdir()
     path.write_text(NOT_A_TRANSCRIPT[content]())
-    assert example_compat.run_example(*ARGS, root=tmp_path).startswith("run 1:")
+    assert example_run.run_example(*ARGS, root=tmp_path).startswith("run 1:")
     assert json.loads(path.read_text())["result"]["stdout"].startswith("run 1:"), "replaced"
-    assert example_compat.run_example(*ARGS, root=tmp_path).startswith("run 1:")
+    assert example_run.run_example(*ARGS, root=tmp_path).startswith("run 1:")
     assert cache_files(tmp_path) == [path.name]
 
 
 def test_a_failed_run_is_never_cached(tmp_path, monkeypatch):
     def fails(script, args, *, root, timeout):
-        raise example_compat.ExampleRunError("the example's main.py exited with 1")
+        raise example_run.ExampleRunError("the example's main.py exited with 1")
 
-    monkeypatch.setattr(example_compat, "_run_script", fails)
+    monkeypatch.setattr(example_run, "_run_script", fails)
     for _ in range(2):  # the second call runs it again: nothing was kept
-        with pytest.raises(example_compat.ExampleRunError, match="exited with 1"):
-            example_compat.run_example(*ARGS, root=tmp_path)
+        with pytest.raises(example_run.ExampleRunError, match="exited with 1"):
+            example_run.run_example(*ARGS, root=tmp_path)
     assert cache_files(tmp_path) == [], "no transcript, no temporary file, no lock"
 
 
@@ -585,7 +587,7 @@ def test_the_upstream_scripts_are_upstreams_byte_for_byte():
         "d8dd8ca^": "de19a14e10e8b479cf1e9d400429e1d0e730e3eb71776a35c7dc3e06c6700c09",
         "77f55b9": "30a3359d1911d2d859dd090ce20be7ed132a33f508dc389f40366010b3e9ecc8",
     }
-    for version, path in example_compat.EXAMPLE_SCRIPTS.items():
+    for version, path in example_run.EXAMPLE_SCRIPTS.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[version], version
 
 
