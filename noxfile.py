@@ -14,9 +14,9 @@ libraries, even on a machine without a GPU). A Python that is not on PATH is ski
 with pyenv, e.g. ``PATH=$(pyenv root)/versions/3.10.13/bin:$PATH nox -s floors``. Arguments
 after ``--`` go to pytest, e.g. ``nox -s floors -- -m "not slow" -p no:nbval tests``.
 
-``.ci/run`` runs ``floors`` after ``make test`` (its environment installs meanwhile), without
-the tests marked ``newest_only``. ``newest`` is run by hand (about 15 minutes more on 2 cores;
-CI's limit would allow it, but it has not yet been run end to end inside `.ci/run`).
+``.ci/run`` runs ``floors`` and then ``newest`` after ``make test`` (their environments install
+meanwhile), without the tests marked ``newest_only`` (``make test`` ran them), on pytest-xdist
+workers of one thread each as ``make test`` does.
 """
 
 from __future__ import annotations

@@ -77,13 +77,17 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test$", ci, re.M)
 
 
-def test_ci_runs_the_floors_session_after_make_test_and_it_pins_every_floor(monkeypatch):
-    """The oldest versions pyproject.toml claims are installed and tested by CI: nox's floors
-    session pins each requirement (package, lab and test extras, build backend) to its floor's
-    release line, on the oldest Python allowed."""
+def test_ci_runs_the_floors_and_newest_sessions_after_make_test_and_floors_pins_every_floor(
+    monkeypatch,
+):
+    """The oldest versions pyproject.toml claims are installed and tested by CI, and so are
+    the newest Python and releases: nox's floors session pins each requirement (package, lab
+    and test extras, build backend) to its floor's release line, on the oldest Python allowed."""
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ci.index("\nmake test\n") < ci.index("\nfloors -R -- ")
-    assert "--sessions floors" in ci and "--install-only" in ci
+    make_test = ci.index("\nmake test\n")
+    assert make_test < ci.index("session floors -R -- ") < ci.index("session newest -R -- ")
+    assert "--sessions floors" in ci and "--sessions newest" in ci
+    assert ci.count("--install-only") == 2
     # noxfile.py read without nox installed: a stand-in for the two names it uses at import.
     stand_in = types.SimpleNamespace(
         options=types.SimpleNamespace(), session=lambda **_: lambda function: function
