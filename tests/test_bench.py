@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mnist_dissected import bench
 from mnist_dissected.bench import (
@@ -54,16 +53,19 @@ class TickingBatches:
 
 
 @pytest.fixture
-def optimizer_steps():
-    """(optimizer, the time on bench's clock) for every optimizer step taken."""
+def optimizer_steps(monkeypatch):
+    """(optimizer, the time on bench's clock) for every SGD step taken. A wrapper on SGD.step,
+    not a global optimizer hook: at torch 2.2 those stop firing in a process once
+    torch.compile has run in it, and the verdict would depend on which tests ran before."""
     steps = []
+    real_step = torch.optim.SGD.step
 
-    def record(optimizer, args, kwargs):
+    def step(optimizer, *args, **kwargs):
         steps.append((optimizer, bench.time.perf_counter()))
+        return real_step(optimizer, *args, **kwargs)
 
-    handle = register_optimizer_step_pre_hook(record)
-    yield steps
-    handle.remove()
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return steps
 
 
 def test_time_epoch_times_one_whole_epoch_of_classic_training(monkeypatch, optimizer_steps):
@@ -111,9 +113,10 @@ def test_profile_step_times_its_steps_and_derives_the_rates(monkeypatch):
     assert step["batch_size"] == 8
     longer, _ = profiled_on_a_fake_clock(monkeypatch, steps=4, ms_per_step=4.0)
     assert longer["step_ms"] == pytest.approx(4.0), "per step, whatever the number of steps"
-    # per step too: within 10% (some operators run once per pass, not once per step: at torch
-    # 2.2, 237 per step over 2 steps and 228 over 4); not divided by the steps, it doubles
-    assert longer["operators_per_step"] == pytest.approx(step["operators_per_step"], rel=0.1)
+    # per step too: within 25% (some operators run once per pass, not once per step: at torch
+    # 2.2, 237 per step over 2 steps and 228 over 4 in a fresh process, 216 and 238 once
+    # torch.compile has run in it); not divided by the steps, it would double
+    assert longer["operators_per_step"] == pytest.approx(step["operators_per_step"], rel=0.25)
     assert longer["flops_per_step"] == step["flops_per_step"]
 
 
