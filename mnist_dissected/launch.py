@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -57,17 +58,25 @@ def run_torchrun(
 
     On a timeout, ``torchrun`` *and its workers* are ended before ``TimeoutExpired`` is raised:
     they run in a session of their own, so none is left behind spinning (killing ``torchrun``
-    alone would orphan a worker stuck in a collective)."""
+    alone would orphan a worker stuck in a collective).
+
+    ``torchrun`` keeps its logs in a temporary folder of this call's (``--log-dir``), deleted
+    when the call returns: left to itself, it makes a ``torchelastic_*`` folder in the temporary
+    directory at every launch and never deletes it."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    with subprocess.Popen(
-        torchrun_command(args, nproc_per_node=nproc_per_node),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        start_new_session=True,
-    ) as launcher:
+    command = torchrun_command(args, nproc_per_node=nproc_per_node)
+    with (
+        tempfile.TemporaryDirectory(prefix="mnist_dissected_torchrun_") as log_dir,
+        subprocess.Popen(
+            [*command[:3], f"--log-dir={log_dir}", *command[3:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        ) as launcher,
+    ):
         try:
             stdout, stderr = launcher.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

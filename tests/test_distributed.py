@@ -19,6 +19,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -334,9 +335,15 @@ def launched(tmp_path_factory):
     two["PYTHON_COLORS"] = "0"  # plain tracebacks: Python 3.13 colours them under FORCE_COLOR
     ports = [process_group.free_port(), process_group.free_port()]
     launches = {
-        "worker": Launch(launch.torchrun_command([str(Path(__file__)), "--worker", str(out)])),
+        "worker": Launch(
+            launch.torchrun_command([str(Path(__file__)), "--worker", str(out)]),
+            TMPDIR=str(tmp_path_factory.mktemp("torchrun_tmp")),  # its torchelastic_* logs
+        ),
         "demo": Launch(
-            launch.torchrun_command(["-m", "mnist_dissected.dist_demo", "all", "--show-difference"])
+            launch.torchrun_command(
+                ["-m", "mnist_dissected.dist_demo", "all", "--show-difference"]
+            ),
+            TMPDIR=str(tmp_path_factory.mktemp("torchrun_tmp")),
         ),
         "never": Launch([sys.executable, "-c", NEVER_FORMS, *map(str, ports)], **two),
     }
@@ -487,13 +494,21 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_a_timed_out_launch_leaves_no_worker_behind(tmp_path):
+def test_a_timed_out_launch_leaves_no_worker_behind(tmp_path, monkeypatch):
     """run_torchrun's timeout ends torchrun and its workers, not torchrun alone (a worker stuck
-    in a collective was once left spinning after the notebook cell gave up)."""
+    in a collective was once left spinning after the notebook cell gave up), and leaves no
+    folder in the temporary directory (torchrun's own logs went to a torchelastic_* folder
+    there at every launch)."""
     script = tmp_path / "stuck.py"
     script.write_text(STUCK_WORKER)
-    with pytest.raises(subprocess.TimeoutExpired):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # this process's temporaries
+    monkeypatch.setenv("TMPDIR", str(temporary))  # torchrun's and its workers'
+    with pytest.raises(subprocess.TimeoutExpired) as timed_out:
         launch.run_torchrun([str(script), str(tmp_path)], timeout_s=15)
+    assert any(arg.startswith(f"--log-dir={temporary}") for arg in timed_out.value.cmd)
+    assert list(temporary.iterdir()) == [], "the launch left temporaries behind"
     pids = [int(f.read_text()) for f in sorted(tmp_path.glob("worker*.pid"))]
     assert len(pids) == 2, "both workers had started"
     deadline = time.monotonic() + 5
