@@ -11,10 +11,10 @@ The suite may run shuffled (``make test-shuffled``: pytest-random-order, with py
 modules and notebooks in any order, each module's tests in any order, but each notebook's cells
 in their own order, since a notebook is a story told top to bottom.
 
-On pytest-xdist workers (``--dist loadfile``, as ``make test`` runs), whole files go to the
-workers in the order :data:`SCHEDULE_FIRST` gives, then the rest as xdist orders them (the most
-tests first): see :func:`pytest_xdist_make_scheduler`. Shuffled, the files go in the shuffled
-order instead.
+On pytest-xdist workers (``--dist loadfile``), xdist hands out whole files, those with the most
+tests first, whatever the order pytest collected them in; shuffled, they go out in the shuffled
+order instead (:func:`pytest_xdist_make_scheduler`), so a file that reads a model from the cache
+may run before the file that trains it, or while it trains it.
 """
 
 from pathlib import Path
@@ -22,25 +22,6 @@ from pathlib import Path
 import pytest
 
 SANITIZE_FILE = "nbval-sanitize.cfg"
-
-#: The files pytest-xdist hands to its workers first, in this order. Part 4 first: it trains
-#: what other files read from the model cache (§4.6's model, §4.9's five seeds); a file that
-#: reads a model another worker is still training waits at its lock, idle (the exercises' test
-#: waited 70 s so). Then the longest files, so that none of them starts last. Seconds: each
-#: file's tests from a fresh clone, one thread, on the AVX-512 machine of 2026-12-07.
-SCHEDULE_FIRST = (
-    "notebooks/4_mnist_train.ipynb",  # 113 s; trains §4.6's model and §4.9's seeds
-    "notebooks/further/4_mnist_train_further.ipynb",  # 278 s, the longest
-    "tests/test_exercises.py",  # replays Part 4 and 5: reads the seeds and §4.6's model
-    "tests/test_example_compat.py",  # 67 s
-    "notebooks/further/6_mnist_distributed_further.ipynb",  # 48 s
-    "notebooks/6_mnist_distributed.ipynb",  # 43 s
-    "tests/test_browser.py",  # 36 s
-    "tests/test_distributed.py",  # 35 s
-    "tests/test_bench.py",  # 29 s
-    "notebooks/5_mnist_visualize.ipynb",  # 29 s; reads §4.6's model
-    "tests/test_cli.py",  # 29 s
-)
 #: How long nbval waits for each output message of a cell (its default: 5 s).
 OUTPUT_TIMEOUT_S = 600
 
@@ -73,27 +54,26 @@ def shuffled(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: called only where it runs
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadfile`` with :data:`SCHEDULE_FIRST`'s files first (xdist's own scheduler
-    otherwise): each worker still takes a whole file at a time, and the next one when it is
-    nearly done, so giving out the long files and the trainers first is all it takes."""
-    if config.getvalue("dist") != "loadfile":
+    """Shuffled, ``--dist loadfile`` hands out the files in the shuffled order (xdist's own
+    scheduler sorts them by their number of tests, which would undo the shuffle of the files);
+    otherwise xdist's own scheduler. Each worker still takes a whole file at a time.
+
+    (Giving Part 4 and the longest files out first was measured too, from a fresh clone, and
+    dropped: 537 s against 508 s for xdist's order, 2026-12-07.)"""
+    if config.getvalue("dist") != "loadfile" or not shuffled(config):
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class ScheduleFirst(LoadFileScheduling):
+    class ShuffledFiles(LoadFileScheduling):
         ordered = False
 
         def _assign_work_unit(self, node):
             if not self.ordered:  # the first call: xdist has filled its queue of files
                 self.ordered = True
-                if shuffled(config):  # the shuffled order, not xdist's (most tests first)
-                    first = list(dict.fromkeys(self._split_scope(i) for i in self.collection))
-                else:
-                    first = list(SCHEDULE_FIRST)
-                rank = {scope: first.index(scope) for scope in self.workqueue if scope in first}
-                files = sorted(self.workqueue.items(), key=lambda f: rank.get(f[0], len(first)))
+                order = list(dict.fromkeys(self._split_scope(i) for i in self.collection))
+                files = sorted(self.workqueue.items(), key=lambda f: order.index(f[0]))
                 self.workqueue.clear()
                 self.workqueue.update(files)
             super()._assign_work_unit(node)
 
-    return ScheduleFirst(config, log)
+    return ShuffledFiles(config, log)

@@ -1,20 +1,18 @@
 """The suite's own scheduling on pytest-xdist workers (conftest.py): which file goes out first.
 
-Why: a file that reads a model from the cache while another worker trains it waits at the lock,
-idle, and a long file given out last makes the whole run wait for it; conftest.py's scheduler
-hands out Part 4 (the trainer) and the longest files first. These tests drive that scheduler
-as xdist does, with a worker that only records what it was sent.
+Why: ``make test-shuffled`` must show that no verdict depends on the order, but xdist's own
+scheduler hands out the files with the most tests first, whatever the shuffle: a file that reads
+a model from the cache always ran after the one that trains it. Shuffled, conftest.py's
+scheduler hands the files out in the shuffled order. These tests drive it as xdist does, with a
+worker that only records what it was sent.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from conftest import SCHEDULE_FIRST, pytest_xdist_make_scheduler
+from conftest import pytest_xdist_make_scheduler
 
-ROOT = Path(__file__).resolve().parents[1]
 NOT_SHUFFLED = {
     "dist": "loadfile",
     "tx": ["2*popen"],  # two workers, as -n 2 gives
@@ -73,42 +71,31 @@ COLLECTION = [
     "tests/test_many.py::a",
     "tests/test_many.py::b",
     "tests/test_many.py::c",
+    "notebooks/4_mnist_train.ipynb::Cell 0",
     "tests/test_cli.py::a",
-    f"{SCHEDULE_FIRST[1]}::Cell 0",
-    f"{SCHEDULE_FIRST[0]}::Cell 0",
+    "tests/test_cli.py::b",
 ]
-
-
-def test_part_4_and_the_long_files_go_out_first_then_the_rest_as_xdist_orders_them(
-    request,
-):
-    given = files_given_out(Options(request.config, **NOT_SHUFFLED), COLLECTION)
-    assert given == [
-        SCHEDULE_FIRST[0],
-        SCHEDULE_FIRST[1],
-        "tests/test_cli.py",
-        "tests/test_many.py",
-    ]
 
 
 def test_shuffled_the_files_go_out_in_the_shuffled_order(request):
     shuffled = {**NOT_SHUFFLED, "random_order_enabled": True}
     given = files_given_out(Options(request.config, **shuffled), COLLECTION)
-    assert given == [
-        "tests/test_many.py",
-        "tests/test_cli.py",
-        SCHEDULE_FIRST[1],
-        SCHEDULE_FIRST[0],
-    ]
+    assert given == ["tests/test_many.py", "notebooks/4_mnist_train.ipynb", "tests/test_cli.py"]
 
 
-def test_other_distributions_keep_xdists_own_scheduler(request):
+def test_a_seed_alone_shuffles_too(request):
+    seeded = {**NOT_SHUFFLED, "random_order_seed": "42"}  # --random-order-seed=42
+    given = files_given_out(Options(request.config, **seeded), COLLECTION)
+    assert given == ["tests/test_many.py", "notebooks/4_mnist_train.ipynb", "tests/test_cli.py"]
+
+
+def test_not_shuffled_or_not_by_file_xdist_schedules_as_it_does(request):
     assert (
-        pytest_xdist_make_scheduler(config=Options(request.config, dist="load"), log=None) is None
+        pytest_xdist_make_scheduler(config=Options(request.config, **NOT_SHUFFLED), log=None)
+        is None
     )
-
-
-def test_every_file_scheduled_first_exists_and_comes_once():
-    assert len(set(SCHEDULE_FIRST)) == len(SCHEDULE_FIRST)
-    missing = [name for name in SCHEDULE_FIRST if not (ROOT / name).is_file()]
-    assert not missing, f"renamed or gone: {missing} (conftest.py's SCHEDULE_FIRST)"
+    shuffled_by_test = {**NOT_SHUFFLED, "random_order_enabled": True, "dist": "load"}
+    assert (
+        pytest_xdist_make_scheduler(config=Options(request.config, **shuffled_by_test), log=None)
+        is None
+    )
