@@ -34,7 +34,7 @@ from .devices import pick_device
 from .files import file_lock
 from .mnist_files import data_root
 from .models import MNISTModel
-from .recipes import Recipe, get_recipe, training_fields
+from .recipes import Recipe, describe, get_recipe, training_fields
 from .train import train_model
 
 #: Which order of random draws the training code takes. Raised whenever the code (not a
@@ -139,9 +139,10 @@ def load_or_train(
                     raise _not_ours(path, f"holds another model than {wanted}")
                 print(f"{path.name} was trained differently; training again", file=sys.stderr)
         else:
+            epochs = f"{recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}"
             print(
-                f"No cached {model} for the {recipe.name} recipe and seed {seed}: training it "
-                f"now, once ({recipe.epochs} epochs; later runs read {path.name})",
+                f"No cached {model} for {describe(recipe)} and seed {seed}: training it "
+                f"now, once ({epochs}; later runs read {path.name})",
                 file=sys.stderr,
             )
         run = train_model(

@@ -179,6 +179,18 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def describe(recipe: Recipe) -> str:
+    """A recipe as a message names it: ``"the fast recipe"``, or, where its training fields
+    differ from the named recipe's, ``"the fast recipe with dropout=0.5"``, so that a message
+    about a variant never reads as if it were about the recipe itself."""
+    named = RECIPES.get(recipe.name)
+    if named is None:
+        return f"the {recipe.name} recipe"
+    base = named.training_fields()
+    changed = [f"{k}={v!r}" for k, v in recipe.training_fields().items() if base.get(k) != v]
+    return f"the {recipe.name} recipe" + (f" with {', '.join(changed)}" if changed else "")
+
+
 def get_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
     """A recipe by name (or as given), with some fields replaced (``None`` values ignored: an
     unset flag). The result is checked like any recipe: ``get_recipe("fast", momentum=0.9)``

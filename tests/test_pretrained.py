@@ -312,3 +312,8 @@ def test_training_says_why_first_without_a_machine_path(tmp_path, monkeypatch, c
     )
     P.load_or_train(root=tmp_path)
     assert capsys.readouterr().err == "" and calls == [1], "read from the cache: nothing said"
+    P.load_or_train(recipe=get_recipe("fast", dropout=0.5, epochs=1), root=tmp_path)
+    assert capsys.readouterr().err.startswith(
+        "No cached net for the fast recipe with epochs=1, dropout=0.5 and seed 1: training it now, "
+        "once (1 epoch;"
+    ), "a variant is named as one"
