@@ -44,12 +44,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def shuffled(config: pytest.Config) -> bool:
-    """Whether pytest-random-order shuffles this run (its own test, read from its options)."""
-    options = ("random_order_bucket", "random_order_seed")
-    given = [str(config.getoption(name, default="default:")) for name in options]
-    return bool(config.getoption("random_order_enabled", default=False)) or any(
-        not value.startswith("default:") for value in given
-    )
+    """Whether pytest-random-order shuffles this run (the plugin's own answer)."""
+    if not config.pluginmanager.hasplugin("random_order"):
+        return False
+    from random_order.config import Config
+
+    return Config(config).is_enabled
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: called only where it runs

@@ -25,16 +25,19 @@ def torchrun_command(
     *,
     nproc_per_node: int = 2,
     master_port: int | None = None,
+    log_dir: str | os.PathLike | None = None,
 ) -> list[str]:
     """The command that runs ``args`` (``["-m", "module", ...]`` or ``["script.py", ...]``)
     in ``nproc_per_node`` processes on this machine: ``torchrun`` as ``python -m
     torch.distributed.run``, so it is this Python's (a notebook's kernel, a venv), with the
-    rendezvous on 127.0.0.1 only, at ``master_port`` (a free one if not given)."""
+    rendezvous on 127.0.0.1 only, at ``master_port`` (a free one if not given), and its logs in
+    ``log_dir`` if given (else torchrun makes a ``torchelastic_*`` folder of its own)."""
     port = master_port if master_port is not None else free_port()
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
+        *([f"--log-dir={log_dir}"] if log_dir is not None else []),
         f"--nproc-per-node={nproc_per_node}",
         "--nnodes=1",
         "--master-addr=127.0.0.1",
@@ -64,11 +67,10 @@ def run_torchrun(
     when the call returns: left to itself, it makes a ``torchelastic_*`` folder in the temporary
     directory at every launch and never deletes it."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    command = torchrun_command(args, nproc_per_node=nproc_per_node)
     with (
         tempfile.TemporaryDirectory(prefix="mnist_dissected_torchrun_") as log_dir,
         subprocess.Popen(
-            [*command[:3], f"--log-dir={log_dir}", *command[3:]],
+            torchrun_command(args, nproc_per_node=nproc_per_node, log_dir=log_dir),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
