@@ -220,11 +220,13 @@ def recipe_run(
     max_batches: int | None = None,
     score_train: bool = False,
     val_size: int | None = None,
+    model: str = "net",
 ) -> dict[str, Any]:
-    """``Net`` trained with ``recipe`` from ``seed`` on the first ``train_size`` images of the
-    training split, scored after each epoch on the validation split (its first ``val_size``
-    images; ``None``: all 5,000), see :func:`train_and_validate`. The same seed gives the same
-    initial weights and the same order of batches, whatever the recipe."""
+    """``model`` (default ``Net``) trained with ``recipe`` from ``seed`` on the first
+    ``train_size`` images of the training split, scored after each epoch on the validation
+    split (its first ``val_size`` images; ``None``: all 5,000), see :func:`train_and_validate`.
+    The same seed gives the same initial weights and the same order of batches, whatever the
+    recipe."""
     train_set, train_idx, val_idx = split
     subset, val_idx = train_idx[:train_size], val_idx[:val_size]
     train = _batches(train_set, subset, recipe, device=device, seed=seed, shuffle=True)
@@ -235,10 +237,10 @@ def recipe_run(
             train_set, subset, recipe, device=device, batch_size=recipe.test_batch_size
         )
     seed_everything(seed)
-    model = build_model("net", recipe, device)
-    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=len(train))
+    network = build_model(model, recipe, device)
+    optimizer, scheduler = make_optimizer(network, recipe, steps_per_epoch=len(train))
     return train_and_validate(
-        model,
+        network,
         train,
         val,
         optimizer,
