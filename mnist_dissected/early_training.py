@@ -31,12 +31,14 @@ def first_steps(
     *,
     steps: int = 200,
     seed: int = 1,
+    val_size: int | None = None,
     device: str | torch.device | None = None,
     root: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each network of ``networks`` (name -> (model, recipe)) trained by its own recipe for the
     first ``steps`` batches of an epoch, from the same seed on the same training split, then
-    scored on the validation split: how far each gets on the same images. A fifth of an epoch
+    scored on the validation split (its first ``val_size`` images; ``None``: all 5,000): how
+    far each gets on the same images. A fifth of an epoch
     stands in for a whole one (``TodayNet``'s epoch takes minutes on a CPU, and the gap after it
     is the same way round: the companion shows both). One record per network (``model``,
     ``recipe``, the step losses, ``val_loss``, ``val_accuracy``, ``diverged``); cached."""
@@ -47,6 +49,7 @@ def first_steps(
         "recipes": {name: recipe.training_fields() for name, recipe in recipes.items()},
         "steps": steps,
         "seed": seed,
+        "val_size": val_size,
         "device": device.type,
     }
 
@@ -61,6 +64,7 @@ def first_steps(
                 device=device,
                 split=split,
                 max_batches=steps,
+                val_size=val_size,
                 model=model,
             )
             for name, (model, recipe) in networks.items()

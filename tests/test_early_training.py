@@ -37,14 +37,16 @@ def uncached(monkeypatch):
 
 
 def test_each_network_is_trained_by_its_own_recipe_and_the_result_is_cached(root):
-    records = T.first_steps(steps=3, device="cpu", root=root)
+    records = T.first_steps(steps=3, val_size=100, device="cpu", root=root)
     assert list(records) == ["Net", "TodayNet"]
     assert (records["TodayNet"]["model"], records["TodayNet"]["recipe"]) == ("today", "today")
     for record in records.values():
         assert len(record["step_losses"]) == 3 and len(record["val_accuracy"]) == 1
         assert 0 <= record["val_accuracy"][0] <= 1 and "diverged" in record
     assert records["Net"]["step_losses"] != records["TodayNet"]["step_losses"]
-    assert T.first_steps(steps=3, device="cpu", root=root) == records, "read from the cache"
+    assert T.first_steps(steps=3, val_size=100, device="cpu", root=root) == records, (
+        "read from the cache"
+    )
     assert len(list((root / "checkpoints").glob("experiment_first_steps_*.json"))) == 1
 
 
@@ -57,7 +59,7 @@ def test_each_network_is_trained_by_its_own_recipe_and_the_result_is_cached(root
 )
 def test_the_steps_are_the_ones_a_hand_written_loop_takes(name, model, optimizer, uncached):
     """The seed's weights, the recipe's optimizer, the seed's batches of 64: step for step."""
-    mine = T.first_steps(steps=2, device="cpu")[name]
+    mine = T.first_steps(steps=2, val_size=10, device="cpu")[name]
     train_set, train_idx, _ = E.training_split()
     seed_everything(1)
     network = model()
@@ -80,5 +82,6 @@ def test_every_argument_is_in_the_cache_key(monkeypatch):
     T.first_steps({"Net": ("net", "fast")})
     T.first_steps(steps=10)
     T.first_steps(seed=3)
+    T.first_steps(val_size=10)
     T.first_steps(device="meta")
     assert all(seen[0] != changed for changed in seen[1:]), "an argument left out of the key"
