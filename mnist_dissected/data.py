@@ -184,6 +184,29 @@ def make_loader(
     )
 
 
+class NormalizedImages(Dataset):
+    """A split normalized once, as one tensor, and served by index as ``mnist_transform(pad)``
+    serves it, with the very bits (:func:`normalize_images`). Why: the example's recipe draws
+    its batches as ``main.py`` does (a ``DataLoader`` whose sampler shuffles from the global
+    generator, Part 4's companion, §4.B), and a Python transform per image made each of its
+    epochs on a CPU seconds longer; ``__getitems__`` gives the ``DataLoader`` a batch's samples
+    from one indexing."""
+
+    def __init__(self, dataset: datasets.MNIST, *, pad: int = 0) -> None:
+        self.images = normalize_images(dataset.data, pad=pad)
+        self.targets = dataset.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        chosen = torch.as_tensor(indices)
+        return list(zip(self.images[chosen].unbind(), self.targets[chosen].tolist(), strict=True))
+
+
 @dataclass
 class TensorBatches:
     """A whole split held as one normalized float tensor (on the device), cut into batches.

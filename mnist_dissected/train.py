@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .batches import num_samples, sample_batch
 from .data import (
+    NormalizedImages,
     TensorBatches,
     load_mnist,
     make_loader,
@@ -250,19 +251,19 @@ def make_batches(
     pad = (model_class(model_name).input_size - 28) // 2
     # a captured step takes one batch shape only; where it cannot run, the eager recipe's batches
     drop_last = recipe.cuda_graph and cuda_graph_reason(recipe, torch.device(device)) is None
+    pin = torch.device(device).type == "cuda"
     where = {"root": root, "root_given_as": root_given_as}
     train_set = load_mnist(train=True, transform=mnist_transform(pad), **where)
     test_set = load_mnist(train=False, transform=mnist_transform(pad), **where)
     if recipe.data_path == "example":  # the example's loaders, as d8dd8ca^ builds them (§4.5)
-        pin = torch.device(device).type == "cuda"
-        # No generator of their own: both shuffle from the global one, in the example's order
-        # (the training set each epoch, then the test set, which it shuffles too).
-        train = make_loader(train_set, recipe.batch_size, shuffle=True, pin_memory=pin)
-        test = make_loader(test_set, recipe.test_batch_size, shuffle=True, pin_memory=pin)
+        # Both shuffle from the global generator in the example's order; NormalizedImages: why
+        train, test = (
+            make_loader(NormalizedImages(s, pad=pad), n, shuffle=True, pin_memory=pin)
+            for s, n in ((train_set, recipe.batch_size), (test_set, recipe.test_batch_size))
+        )
         return Batches(train, test, test)  # no validation split: it scores the test set
     train_idx, val_idx = train_validation_indices(len(train_set))
     if recipe.data_path == "loader":
-        pin = torch.device(device).type == "cuda"
         return Batches(
             make_loader(
                 Subset(train_set, train_idx),

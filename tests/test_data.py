@@ -63,6 +63,33 @@ def test_tensor_path_yields_exactly_the_dataloader_batches(test_set):
     assert all(torch.equal(a[0], b[0]) for a, b in unshuffled)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pad", [0, 2])
+def test_normalized_images_give_the_per_image_loaders_batches_from_the_same_draws(pad):
+    """The example's recipe's loader: the global generator drawn as by the example's own
+    loader (a shuffle per epoch), and the same bits in every batch, the images and the
+    labels, with the DataLoader fetching each batch in one call (``__getitems__``)."""
+    per_image = data.load_mnist(train=False, transform=data.mnist_transform(pad))
+    once = data.NormalizedImages(per_image, pad=pad)
+    assert len(once) == len(per_image) == 10_000
+    x, y = once[7]
+    assert torch.equal(x, per_image[7][0]) and y == per_image[7][1] and type(y) is int
+    epochs = {}
+    for name, dataset in (("per image", per_image), ("once", once)):
+        torch.manual_seed(1)
+        loader = data.make_loader(dataset, batch_size=1000, shuffle=True)
+        epochs[name] = [list(loader) for _ in range(2)]
+        epochs[name].append(torch.rand(3))  # what the global generator draws next
+    for (a, b), (c, d) in zip(
+        (pair for epoch in epochs["per image"][:2] for pair in epoch),
+        (pair for epoch in epochs["once"][:2] for pair in epoch),
+        strict=True,
+    ):
+        assert torch.equal(a, c) and torch.equal(b, d) and b.dtype == d.dtype == torch.int64
+    assert torch.equal(epochs["per image"][2], epochs["once"][2]), "the draws drifted"
+    assert not torch.equal(epochs["once"][0][0][1], epochs["once"][1][0][1]), "one shuffle"
+
+
 def test_tensor_path_reshuffles_every_epoch_reproducibly(test_set):
     def epochs(seed):
         fast = data.TensorBatches.from_dataset(test_set, batch_size=1000, shuffle=True, seed=seed)
