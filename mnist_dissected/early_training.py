@@ -2,7 +2,7 @@
 today's example's ``TodayNet`` with its own (Part 4's companion, §4.I).
 
 Why this module exists: a whole epoch of ``TodayNet`` takes minutes on a CPU, and the question
-the companion asks (which network gets further on the same images?) is answered after a fifth
+the companion asks (which network gets further on the same images?) is answered after a ninth
 of one. The runs use :func:`~mnist_dissected.experiments.recipe_run`, the training code of
 every other experiment, and are cached like them
 (:func:`~mnist_dissected.results_cache.cached_experiment`).
@@ -29,7 +29,7 @@ NETWORKS: dict[str, tuple[str, str]] = {"Net": ("net", "classic"), "TodayNet": (
 def first_steps(
     networks: Mapping[str, tuple[str, str]] = NETWORKS,
     *,
-    steps: int = 200,
+    steps: int = 100,
     seed: int = 1,
     val_size: int | None = None,
     device: str | torch.device | None = None,
@@ -38,7 +38,7 @@ def first_steps(
     """Each network of ``networks`` (name -> (model, recipe)) trained by its own recipe for the
     first ``steps`` batches of an epoch, from the same seed on the same training split, then
     scored on the validation split (its first ``val_size`` images; ``None``: all 5,000): how
-    far each gets on the same images. A fifth of an epoch
+    far each gets on the same images. A ninth of an epoch (the default, 100 steps)
     stands in for a whole one (``TodayNet``'s epoch takes minutes on a CPU, and the gap after it
     is the same way round: the companion shows both). One record per network (``model``,
     ``recipe``, the step losses, ``val_loss``, ``val_accuracy``, ``diverged``); cached."""

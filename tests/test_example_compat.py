@@ -421,9 +421,11 @@ def test_the_example_recipe_reproduces_the_examples_own_run(capsys):
     all of MNIST), against ``train --recipe example``, trained here and now: the same 95 lines.
     The script's transcript is cached (as in Part 4's companion): on a fresh machine this call
     runs it; after, it reads what the script printed on this machine, with this very key."""
-    theirs = example_run.run_example("--epochs", "1", "--no-cuda")
+    # The command first: the script's run may be under way in the companion beside this test
+    # (one run, under a lock), and the command trains meanwhile instead of waiting.
     assert cli.main(["train", "--recipe", "example", "--epochs", "1", "--device", "cpu"]) == 0
     ours = capsys.readouterr().out
+    theirs = example_run.run_example("--epochs", "1", "--no-cuda")
     assert ours.splitlines()[0] == "Training net with the example recipe on cpu"
     ours = ours.split("\n", 1)[1]
     assert theirs.count("Train Epoch: 1 [") == 94 and "Test set: Average loss" in theirs
